@@ -1,0 +1,210 @@
+"""Name -> callable registries for every pluggable piece of samft.
+
+A config names a loss, a weighting strategy, a schedule or a metric; the registry turns the
+name into the object. Built-in entries register themselves with a decorator when their
+package is imported; third-party packages add entries through the entry-point group
+``samft.<kind>`` (for example ``samft.losses``) without forking samft::
+
+    # pyproject.toml of a plugin distribution
+    [project.entry-points."samft.losses"]
+    my_loss = "my_pkg.losses:my_loss"
+
+Entry points are listed without importing anything and loaded on first ``get``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import importlib
+import inspect
+from collections.abc import Callable, Mapping
+from importlib import metadata
+from typing import Any
+
+
+class RegistryError(ValueError):
+    """A name, spec or plugin that cannot be resolved; the message says what to do."""
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """Return " Did you mean 'x'?" for the closest choices, or "" when none is close."""
+    close = difflib.get_close_matches(name, choices, n=3, cutoff=0.6)
+    if not close:
+        return ""
+    return " Did you mean " + " or ".join(repr(c) for c in close) + "?"
+
+
+class Registry:
+    """Maps names to callables of one plugin kind.
+
+    Args:
+        kind: Plural noun of the kind (``"losses"``); the entry-point group is ``samft.<kind>``.
+        builtins: Module imported before the first lookup so that built-in entries exist
+            without the caller importing them.
+        contract: The call contract every entry must follow; appended to the docstring.
+    """
+
+    def __init__(self, kind: str, builtins: str | None = None, contract: str = "") -> None:
+        self.kind = kind
+        self.group = f"samft.{kind}"
+        self._builtins = builtins
+        self._builtins_loaded = builtins is None
+        self._entries: dict[str, Callable[..., Any]] = {}
+        self.__doc__ = f"Registry of samft {kind}.\n\n{contract}".strip()
+
+    # -- registration ---------------------------------------------------------------------
+    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering ``obj`` under ``name``; a duplicate name is an error."""
+        if not name or name != name.lower() or not name.replace("_", "").isalnum():
+            raise RegistryError(f"{self.kind}: name {name!r} must be lowercase snake_case.")
+
+        def decorator(obj: Callable[..., Any]) -> Callable[..., Any]:
+            if name in self._entries:
+                raise RegistryError(
+                    f"{self.kind}: {name!r} is registered twice, by "
+                    f"{_where(self._entries[name])} and by {_where(obj)}. Rename one of them."
+                )
+            self._entries[name] = obj
+            return obj
+
+        return decorator
+
+    # -- lookup ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Sorted built-in and entry-point names; plugins are listed, not imported."""
+        self._load_builtins()
+        return sorted(set(self._entries) | set(self._entry_points()))
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names()
+
+    def get(self, name: str) -> Callable[..., Any]:
+        """Return the callable registered as ``name``, loading a plugin on first use."""
+        self._load_builtins()
+        if name in self._entries:
+            return self._entries[name]
+        entry_point = self._entry_points().get(name)
+        if entry_point is None:
+            raise RegistryError(
+                f"Unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}."
+                f"{did_you_mean(name, self.names())} Known {self.kind}: {', '.join(self.names())}."
+            )
+        obj = _load_entry_point(entry_point, self.group)
+        self._entries[name] = obj
+        return obj
+
+    def build(self, spec: Mapping[str, Any] | str, **extra: Any) -> Any:
+        """Build from ``{"name": ..., **kwargs}``: classes are instantiated, functions bound.
+
+        Args:
+            spec: A mapping with ``name`` and the keyword arguments, or a bare name.
+            extra: Keyword arguments supplied by the caller (not the config), e.g. a model.
+
+        Returns:
+            ``cls(**kwargs)`` for a class, ``functools.partial(fn, **kwargs)`` for a function.
+        """
+        if isinstance(spec, str):
+            spec = {"name": spec}
+        spec = dict(spec)
+        if "name" not in spec:
+            raise RegistryError(f"A {self.kind} spec needs a 'name' key; got keys {sorted(spec)}.")
+        name = spec.pop("name")
+        obj = self.get(name)
+        kwargs = {**spec, **extra}
+        _check_kwargs(obj, kwargs, f"{self.kind} {name!r}")
+        if inspect.isclass(obj):
+            return obj(**kwargs)
+        return functools.partial(obj, **kwargs) if kwargs else obj
+
+    # -- internals ------------------------------------------------------------------------
+    def _load_builtins(self) -> None:
+        if not self._builtins_loaded:
+            self._builtins_loaded = True
+            importlib.import_module(self._builtins)
+
+    def _entry_points(self) -> dict[str, metadata.EntryPoint]:
+        found: dict[str, metadata.EntryPoint] = {}
+        for ep in metadata.entry_points(group=self.group):
+            if ep.name in self._entries and found.get(ep.name) is None and not _is_same(ep, self._entries[ep.name]):
+                raise RegistryError(
+                    f"{self.kind}: {ep.name!r} is registered twice, by {_where(self._entries[ep.name])} "
+                    f"and by the entry point {ep.value!r} of distribution {_dist_name(ep)!r}. "
+                    "Rename the plugin's entry point."
+                )
+            found[ep.name] = ep
+        return found
+
+
+def _is_same(ep: metadata.EntryPoint, obj: Callable[..., Any]) -> bool:
+    module, _, attr = ep.value.partition(":")
+    return getattr(obj, "__module__", None) == module and getattr(obj, "__qualname__", None) == attr
+
+
+def _where(obj: Callable[..., Any]) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
+
+
+def _dist_name(ep: metadata.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return dist.name if dist is not None else "<unknown distribution>"
+
+
+def _load_entry_point(ep: metadata.EntryPoint, group: str) -> Callable[..., Any]:
+    try:
+        return ep.load()
+    except Exception as exc:  # a broken plugin must not look like a samft bug
+        raise RegistryError(
+            f"The plugin {ep.name!r} (entry point {ep.value!r} in group {group!r} of distribution "
+            f"{_dist_name(ep)!r}) failed to load: {type(exc).__name__}: {exc}. Fix or uninstall "
+            f"that distribution (pip uninstall {_dist_name(ep)})."
+        ) from exc
+
+
+def _check_kwargs(obj: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # builtins without a signature: let the call decide
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in kwargs:
+        if key not in accepted:
+            raise RegistryError(
+                f"{what} has no option {key!r}.{did_you_mean(key, accepted)} "
+                f"Its options: {', '.join(accepted) or 'none'}."
+            )
+
+
+LOSSES = Registry(
+    "losses",
+    builtins="samft.losses",
+    contract=(
+        "A loss is called as ``loss(logits, target, **batch_extras)`` with float tensors of the\n"
+        "same shape ``[N, ...]`` (logits first); a target value < 0 means 'ignore' where the loss\n"
+        "supports it. It returns a scalar tensor, or a dict with a ``loss`` key and one key per\n"
+        "component for logging. Compute in fp32; the result must stay finite for logits of +-1e4."
+    ),
+)
+WEIGHTINGS = Registry(
+    "weightings",
+    builtins="samft.weighting",
+    contract=(
+        "A weighting strategy is a class built with ``terms`` (the loss-term names) and its config\n"
+        "options; it combines a dict of per-term losses into one total and reports its weights."
+    ),
+)
+SCHEDULES = Registry(
+    "schedules",
+    builtins="samft.schedules",
+    contract="A schedule is a class built from its options; ``schedule(step) -> float``.",
+)
+METRICS = Registry(
+    "metrics",
+    builtins="samft.metrics",
+    contract=(
+        "A metric is called as ``metric(logits_or_masks, target)`` on tensors ``[N, H, W]`` and\n"
+        "returns a tensor ``[N]`` of per-mask values."
+    ),
+)
