@@ -112,7 +112,7 @@ class Registry:
         name = spec.pop("name")
         obj = self.get(name)
         kwargs = {**spec, **extra}
-        _check_kwargs(obj, kwargs, f"{self.kind} {name!r}")
+        check_options(obj, kwargs, f"{self.kind} {name!r}")
         if inspect.isclass(obj):
             return obj(**kwargs)
         return functools.partial(obj, **kwargs) if kwargs else obj
@@ -161,7 +161,7 @@ def _load_entry_point(ep: metadata.EntryPoint, group: str) -> Callable[..., Any]
         ) from exc
 
 
-def _check_kwargs(obj: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
+def check_options(obj: Callable[..., Any], kwargs: Mapping[str, Any], what: str) -> None:
     try:
         params = inspect.signature(obj).parameters
     except (TypeError, ValueError):  # builtins without a signature: let the call decide

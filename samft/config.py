@@ -1,0 +1,242 @@
+"""Typed, validated configuration: YAML files with inheritance plus ``key=value`` overrides.
+
+``load("configs/demo.yaml", ["train.steps=100"])`` reads the file, follows its ``base:`` chain
+(paths relative to the file that names them), merges it onto the typed schema below, applies
+the overrides and checks every plugin spec against its registry. Unknown keys and wrong types
+are rejected with the full dotted key and a suggestion, before anything heavy starts.
+
+Plugin slots (``loss``, ``weighting``, ``schedule``) all have one shape, ``{name: ..., **options}``;
+their options are checked against the registered callable's signature.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
+
+from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, RegistryError, check_options, did_you_mean
+
+
+class ConfigError(ValueError):
+    """A config file, key or value that cannot be used; the message says what to do."""
+
+
+@dataclass
+class ModelConfig:
+    name: str = "vit_b"  # vit_b | vit_l | vit_h | vit_tiny (a small CPU variant)
+    checkpoint: Optional[str] = None  # SAM .pth or a samft checkpoint; None = random init
+    image_size: int = 1024  # input side after resize + pad; only vit_tiny may change it
+    freeze_image_encoder: bool = False
+    freeze_prompt_encoder: bool = False
+    freeze_mask_decoder: bool = False
+
+
+@dataclass
+class DataConfig:
+    train: str = "data/sa1b/train"  # folder of <id>.jpg + <id>.json pairs
+    val: Optional[str] = None  # held-out folder for validation; None = no validation
+    batch_size: int = 1  # images per step (each carries up to max_masks masks)
+    max_masks: int = 64  # SAM: at most 64 masks per GPU per step
+    min_area: int = 1
+    max_area_frac: float = 0.9  # SAM drops masks covering > 90% of the image
+    min_predicted_iou: float = 0.0
+    min_stability: float = 0.0
+    num_workers: int = 2
+    on_error: str = "skip"  # skip | raise
+    augment: list[Any] = field(default_factory=list)  # albumentations specs {name: ..., **kwargs}
+    with_dist_maps: bool = False  # serve signed distance maps (boundary losses)
+
+
+@dataclass
+class PromptConfig:
+    mode: str = "point_or_box"  # point | box | point_or_box
+    box_prob: float = 0.5  # SAM: point or box with equal probability
+    multimask: bool = True  # 3 outputs + min-loss selection for single-point prompts
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 8e-4  # SAM, ViT-B
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    weight_decay: float = 0.1
+    encoder_lr: Optional[float] = None  # separate lr for the image encoder; None = lr
+    grad_clip: Optional[float] = None  # max L2 norm of all gradients; None = no clipping
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 90000
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA when supported, else fp32)
+    seed: int = 0
+    loss_resolution: str = "low_res"  # low_res (256 for 1024 inputs) | input (logits upsampled)
+    output_dir: str = "outputs"
+    run_name: Optional[str] = None  # folder under output_dir; None = a timestamp
+    val_every: int = 1000
+    checkpoint_every: int = 1000
+    progress: bool = True
+
+
+@dataclass
+class EvalConfig:
+    max_images: int = 50
+    max_masks: int = 16  # per image
+    seed: int = 1234
+
+
+@dataclass
+class TrackingConfig:
+    enabled: bool = True
+    uri: Optional[str] = None  # None: $MLFLOW_TRACKING_URI or the embedded store in the project folder
+    experiment: str = "samft"
+    run_name: Optional[str] = None
+    log_every: int = 10
+    log_checkpoint: bool = False
+    system_metrics: bool = True
+    overlays: int = 4
+
+
+def _spec(**kwargs: Any) -> Any:
+    return field(default_factory=lambda: dict(kwargs))
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    loss: dict[str, Any] = _spec(name="sam")
+    weighting: dict[str, Any] = _spec(name="fixed")
+    schedule: dict[str, Any] = _spec(name="constant", value=1.0)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+PLUGIN_SLOTS = {"loss": LOSSES, "weighting": WEIGHTINGS, "schedule": SCHEDULES}
+_BASE_KEY = "base"
+
+
+def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Load, merge and validate a config.
+
+    Args:
+        path: YAML file; it may name a parent with ``base: other.yaml`` (relative to itself).
+        overrides: ``key=value`` strings, e.g. ``["train.steps=100", "loss.name=sam"]``.
+
+    Returns:
+        A read-only DictConfig following :class:`Config`, interpolations resolved.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key, wrong type or unknown plugin option.
+    """
+    merged = OmegaConf.structured(Config)
+    for layer_path, layer in _read_chain(Path(path)):
+        merged = _merge(merged, layer, f"file {layer_path}")
+    merged = _merge(merged, _parse_overrides(overrides), "command-line overrides")
+    try:
+        OmegaConf.resolve(merged)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot resolve an interpolation in the config: {exc}") from None
+    _check_plugins(merged)
+    OmegaConf.set_readonly(merged, True)
+    return merged
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    """The resolved config as YAML, as saved with every run."""
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+def to_dict(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved config as plain nested dicts and lists."""
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def _read_chain(path: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, DictConfig]]:
+    path = path.expanduser().resolve()
+    if path in seen:
+        chain = " -> ".join(str(p) for p in (*seen, path))
+        raise ConfigError(f"Config inheritance loops: {chain}. Remove one of the 'base:' keys.")
+    if not path.is_file():
+        raise ConfigError(
+            f"Config file {path} does not exist. Pass an existing YAML file, e.g. configs/sam_ft.yaml."
+        )
+    try:
+        layer = OmegaConf.load(path)
+    except Exception as exc:  # YAML syntax errors come in several exception types
+        raise ConfigError(f"Config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(layer, DictConfig):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections, not a list.")
+    base = layer.pop(_BASE_KEY, None)
+    if base is None:
+        return [(path, layer)]
+    return [*_read_chain(path.parent / str(base), (*seen, path)), (path, layer)]
+
+
+def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
+    for item in overrides:
+        if "=" not in item or item.startswith("="):
+            raise ConfigError(
+                f"Override {item!r} is not of the form key=value (e.g. train.steps=100)."
+            )
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot parse the command-line overrides: {exc}") from None
+
+
+def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, layer)  # type: ignore[return-value]
+    except ConfigKeyError as exc:
+        raise ConfigError(_unknown_key_message(exc, source)) from None
+    except ValidationError as exc:
+        raise ConfigError(
+            f"Wrong type in {source}: key '{exc.full_key}' got {exc.value!r}. {exc.msg.splitlines()[0]}"
+        ) from None
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"Cannot merge {source}: {exc}") from None
+
+
+def _unknown_key_message(exc: ConfigKeyError, source: str) -> str:
+    full_key = str(exc.full_key or exc.key)
+    parent, _, key = full_key.rpartition(".")
+    known = _known_keys(parent)
+    hint = did_you_mean(key, known) if known else ""
+    where = f"section '{parent}'" if parent else "the top level"
+    return (
+        f"Unknown config key '{full_key}' in {source}.{hint} "
+        f"Keys of {where}: {', '.join(known)}."
+    )
+
+
+def _known_keys(dotted_parent: str) -> list[str]:
+    schema: Any = Config
+    for part in filter(None, dotted_parent.split(".")):
+        match = [f for f in fields(schema) if f.name == part]
+        if not match:
+            return []
+        schema = match[0].default_factory() if match[0].default_factory is not None else None  # type: ignore[misc]
+        if not is_dataclass(schema):
+            return []
+        schema = type(schema)
+    return [f.name for f in fields(schema)]
+
+
+def _check_plugins(cfg: DictConfig) -> None:
+    for key, registry in PLUGIN_SLOTS.items():
+        spec = OmegaConf.to_container(cfg[key], resolve=True)
+        if not isinstance(spec, dict) or "name" not in spec:
+            raise ConfigError(f"Config key '{key}' must be a mapping with a 'name', got {spec!r}.")
+        name = spec.pop("name")
+        try:
+            obj = registry.get(str(name))
+            check_options(obj, spec, f"{registry.kind} {name!r}")
+        except RegistryError as exc:
+            raise ConfigError(f"Config key '{key}': {exc}") from None

@@ -1,0 +1,17 @@
+"""SAM models: builders, checkpoint loading, freezing, and the differentiable forward pass."""
+
+from samft.models.build import ARCHS, build_model, freeze
+from samft.models.checkpoint import CheckpointError, load_weights, read_state_dict
+from samft.models.forward import (
+    best_output,
+    decode_masks,
+    embed_prompts,
+    output_candidates,
+    preprocess,
+    upscale,
+)
+
+__all__ = [
+    "ARCHS", "CheckpointError", "best_output", "build_model", "decode_masks", "embed_prompts",
+    "freeze", "load_weights", "output_candidates", "preprocess", "read_state_dict", "upscale",
+]

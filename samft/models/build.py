@@ -1,0 +1,101 @@
+"""Build SAM models from segment_anything's own modules.
+
+``vit_b``, ``vit_l`` and ``vit_h`` are exactly segment_anything's architectures (so Meta's released
+checkpoints load into them); ``vit_tiny`` is a small variant made from the same modules for CPU
+runs, demos and tests. Every model is a :class:`segment_anything.modeling.Sam`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+from samft.registry import did_you_mean
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+PIXEL_STD = (58.395, 57.12, 57.375)
+PATCH_SIZE = 16
+
+
+@dataclass(frozen=True)
+class SamArch:
+    """Sizes of one SAM variant (image encoder ViT + prompt/mask decoder)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    global_attn_indexes: tuple[int, ...]
+    window_size: int = 14
+    prompt_dim: int = 256
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    fixed_image_size: int | None = 1024  # released checkpoints need exactly this input size
+
+
+ARCHS: dict[str, SamArch] = {
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
+    # ~0.56M parameters: trains on a CPU in minutes; same modules, same forward path.
+    "vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256,
+                        decoder_heads=4, fixed_image_size=None),
+}
+
+
+def build_model(name: str, image_size: int = 1024) -> Sam:
+    """Build an untrained SAM of the named variant, in train mode.
+
+    Args:
+        name: ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_tiny``.
+        image_size: Square input side (multiple of 16). Fixed at 1024 for the released variants.
+
+    Returns:
+        A ``Sam`` whose image embedding is ``image_size/16`` and low-res masks ``image_size/4``.
+    """
+    if name not in ARCHS:
+        raise ValueError(f"Unknown model {name!r}.{did_you_mean(name, list(ARCHS))} Known: {', '.join(ARCHS)}.")
+    arch = ARCHS[name]
+    if arch.fixed_image_size is not None and image_size != arch.fixed_image_size:
+        raise ValueError(
+            f"model.image_size={image_size} does not fit {name}: its positional embeddings and released "
+            f"checkpoints are for {arch.fixed_image_size}. Use model.image_size={arch.fixed_image_size} "
+            "or model.name=vit_tiny."
+        )
+    if image_size % PATCH_SIZE:
+        raise ValueError(f"model.image_size={image_size} must be a multiple of {PATCH_SIZE}.")
+    embed_side = image_size // PATCH_SIZE
+    model = Sam(
+        image_encoder=ImageEncoderViT(
+            img_size=image_size, patch_size=PATCH_SIZE, embed_dim=arch.embed_dim, depth=arch.depth,
+            num_heads=arch.num_heads, mlp_ratio=4, out_chans=arch.prompt_dim, qkv_bias=True,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
+            global_attn_indexes=arch.global_attn_indexes, window_size=arch.window_size,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=arch.prompt_dim, image_embedding_size=(embed_side, embed_side),
+            input_image_size=(image_size, image_size), mask_in_chans=16,
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=arch.prompt_dim,
+                                          mlp_dim=arch.decoder_mlp_dim, num_heads=arch.decoder_heads),
+            transformer_dim=arch.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=arch.prompt_dim,
+        ),
+        pixel_mean=list(PIXEL_MEAN),
+        pixel_std=list(PIXEL_STD),
+    )
+    return model.train()
+
+
+def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,
+           mask_decoder: bool = False) -> None:
+    """Turn off gradients of the chosen parts; frozen parts also stay in eval mode in training."""
+    for part, frozen in (("image_encoder", image_encoder), ("prompt_encoder", prompt_encoder),
+                         ("mask_decoder", mask_decoder)):
+        for param in getattr(model, part).parameters():
+            param.requires_grad_(not frozen)
+    if image_encoder and prompt_encoder and mask_decoder:
+        raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")

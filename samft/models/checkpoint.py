@@ -1,0 +1,85 @@
+"""Load SAM weights (Meta's releases or samft checkpoints) with a clear report of what does not fit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from samft.models.build import ARCHS
+
+_EMBED_KEY = "image_encoder.patch_embed.proj.weight"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the configured model; the message says what to do."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read model weights from a SAM ``.pth`` or a samft training checkpoint (key ``model``).
+
+    Uses ``torch.load(weights_only=True)``: no code from the file is executed.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(
+            f"Checkpoint {path} does not exist. Set model.checkpoint to a SAM .pth file (e.g. "
+            "sam_vit_b_01ec64.pth) or to null to start from random weights."
+        )
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(
+            f"Checkpoint {path} could not be read as PyTorch weights ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0]}). It may be truncated or not a checkpoint; download it again."
+        ) from None
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"Checkpoint {path} holds no state dict of tensors.")
+    return obj
+
+
+def load_weights(model: nn.Module, path: str | Path, model_name: str = "") -> None:
+    """Load weights into ``model``, failing with one paragraph when keys or shapes disagree."""
+    state = read_state_dict(path)
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or misshaped:
+        raise CheckpointError(_mismatch_message(path, model_name, state, own, missing, unexpected, misshaped))
+    model.load_state_dict(state)
+
+
+def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
+    """Name of the SAM variant whose image-encoder width matches the checkpoint, if any."""
+    weight = state.get(_EMBED_KEY)
+    if weight is None:
+        return None
+    names = [name for name, arch in ARCHS.items() if arch.embed_dim == weight.shape[0]]
+    return names[0] if names else None
+
+
+def _mismatch_message(path, model_name, state, own, missing, unexpected, misshaped) -> str:
+    def few(keys: list[str]) -> str:
+        return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
+
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} keys missing from the checkpoint ({few(missing)})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected keys ({few(unexpected)})")
+    if misshaped:
+        k = misshaped[0]
+        parts.append(
+            f"{len(misshaped)} keys of another shape (e.g. {k}: checkpoint {tuple(state[k].shape)} vs "
+            f"model {tuple(own[k].shape)})"
+        )
+    guess = guess_arch(state)
+    fix = (f"It looks like a {guess} checkpoint: set model.name={guess}."
+           if guess and guess != model_name else
+           "Check that model.name and model.image_size match the checkpoint.")
+    return f"Checkpoint {path} does not fit model {model_name or '(unnamed)'}: {'; '.join(parts)}. {fix}"

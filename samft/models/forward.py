@@ -1,0 +1,129 @@
+"""The differentiable SAM forward pass used for training and evaluation.
+
+``Sam.forward`` is decorated with ``@torch.no_grad`` and loops over python dicts, so samft calls
+the three submodules directly. Prompts of any mix (points, boxes, correction clicks) travel as one
+tensor of tokens per mask: ``points [N, P, 2]`` with ``labels [N, P]`` where 1/0 are positive/negative
+clicks, 2/3 the top-left/bottom-right box corners (SAM 2's convention) and -1 padding.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from segment_anything.modeling import Sam
+
+PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+
+
+def preprocess(model: Sam, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Normalise resized-and-padded uint8 images as ``Sam.preprocess`` does.
+
+    Args:
+        images: ``[B, 3, S, S]`` uint8 (or float 0..255), padded bottom-right.
+        valid: ``[B, S, S]`` bool, False on padding.
+
+    Returns:
+        ``[B, 3, S, S]`` float: (x - mean) / std inside the image and exactly 0 on the padding,
+        matching SAM, which normalises before it pads.
+    """
+    x = (images.float() - model.pixel_mean) / model.pixel_std
+    return x * valid.unsqueeze(1).to(x.dtype)
+
+
+def embed_prompts(model: Sam, points: torch.Tensor, labels: torch.Tensor,
+                  mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sparse and dense prompt embeddings for N masks, with per-mask prompt types.
+
+    Args:
+        points: ``[N, P, 2]`` (x, y) input-frame pixel coordinates (SAM adds the 0.5 pixel-centre shift).
+        labels: ``[N, P]`` int, see the module docstring.
+        mask_inputs: ``[N, 1, 4h, 4w]`` low-res mask logits from a previous round, or None.
+
+    Returns:
+        sparse ``[N, P + 1, C]`` (one trailing not-a-point token, as SAM appends for point prompts)
+        and dense ``[N, C, h, w]``.
+    """
+    encoder = model.prompt_encoder
+    n = points.shape[0]
+    pad_point = points.new_zeros(n, 1, 2)
+    pad_label = labels.new_full((n, 1), PAD)
+    coords = torch.cat([points, pad_point], dim=1) + 0.5
+    labels = torch.cat([labels, pad_label], dim=1)
+    embedding = encoder.pe_layer.forward_with_coords(coords, encoder.input_image_size)
+    is_pad = (labels == PAD).unsqueeze(-1)
+    embedding = torch.where(is_pad, encoder.not_a_point_embed.weight.to(embedding.dtype), embedding)
+    for label in (NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT):
+        hit = (labels == label).unsqueeze(-1).to(embedding.dtype)
+        embedding = embedding + hit * encoder.point_embeddings[label].weight
+    if mask_inputs is None:
+        h, w = encoder.image_embedding_size
+        dense = encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(n, -1, h, w)
+    else:
+        dense = encoder.mask_downscaling(mask_inputs)
+    return embedding, dense
+
+
+def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.Tensor,
+                 points: torch.Tensor, labels: torch.Tensor,
+                 mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """All four decoder outputs for every mask prompt of a batch of images.
+
+    Args:
+        image_embeddings: ``[B, C, h, w]`` from ``model.image_encoder``.
+        image_index: ``[N]`` long, the image of each prompt.
+        points, labels, mask_inputs: as in :func:`embed_prompts`.
+
+    Returns:
+        low-res mask logits ``[N, 4, 4h, 4w]`` (output 0: single-mask token; 1-3: multimask tokens)
+        and predicted IoU ``[N, 4]``. Callers choose outputs per prompt (see :func:`output_candidates`).
+    """
+    sparse, dense = embed_prompts(model, points, labels, mask_inputs)
+    image_pe = model.prompt_encoder.get_dense_pe()
+    logits = image_embeddings.new_empty(0)
+    outputs, ious, order = [], [], []
+    for b in torch.unique(image_index).tolist():
+        rows = torch.nonzero(image_index == b).squeeze(1)
+        # predict_masks repeats one image embedding over the prompts of that image.
+        masks, iou = model.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings[b : b + 1], image_pe=image_pe,
+            sparse_prompt_embeddings=sparse[rows], dense_prompt_embeddings=dense[rows],
+        )
+        outputs.append(masks)
+        ious.append(iou)
+        order.append(rows)
+    if not outputs:
+        return logits, logits
+    inverse = torch.argsort(torch.cat(order))
+    return torch.cat(outputs)[inverse], torch.cat(ious)[inverse]
+
+
+def output_candidates(labels: torch.Tensor, multimask: bool = True) -> torch.Tensor:
+    """Which decoder outputs compete for each mask, following SAM.
+
+    A single positive click is ambiguous: outputs 1-3 compete and the lowest-loss one is trained.
+    Any other prompt (a box, several clicks) uses output 0 only.
+
+    Args:
+        labels: ``[N, P]`` prompt labels.
+        multimask: False uses output 0 for every prompt.
+
+    Returns:
+        ``[N, 4]`` bool.
+    """
+    real = labels != PAD
+    single_click = (real.sum(1) == 1) & ((labels == POSITIVE).sum(1) == 1)
+    ambiguous = single_click & multimask
+    candidates = torch.zeros(labels.shape[0], 4, dtype=torch.bool, device=labels.device)
+    candidates[:, 0] = ~ambiguous
+    candidates[:, 1:] = ambiguous.unsqueeze(1)
+    return candidates
+
+
+def best_output(iou_pred: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """Index ``[N]`` of the candidate output with the highest predicted IoU (SAM's inference choice)."""
+    return iou_pred.detach().masked_fill(~candidates, float("-inf")).argmax(dim=1)
+
+
+def upscale(logits: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinearly resize ``[N, M, h, w]`` low-res logits to ``[N, M, size, size]`` (the padded input frame)."""
+    return F.interpolate(logits, size=(size, size), mode="bilinear", align_corners=False)
