@@ -78,6 +78,7 @@ class TrainConfig:
     run_name: Optional[str] = None  # folder under output_dir; None = a timestamp
     val_every: int = 1000
     checkpoint_every: int = 1000
+    max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row (each is skipped)
     progress: bool = True
 
 
@@ -117,6 +118,15 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
+
+def _fraction_of(total: Any, fraction: Any) -> int:
+    """``${frac:${train.steps},0.6667}``: a step count as a fraction of another, rounded."""
+    return int(round(float(total) * float(fraction)))
+
+
+# OmegaConf 2.4 renamed register_new_resolver; support both.
+_register = getattr(OmegaConf, "register_resolver", OmegaConf.register_new_resolver)
+_register("frac", _fraction_of, replace=True)
 
 PLUGIN_SLOTS = {"loss": LOSSES, "weighting": WEIGHTINGS, "schedule": SCHEDULES}
 _BASE_KEY = "base"
@@ -237,6 +247,6 @@ def _check_plugins(cfg: DictConfig) -> None:
         name = spec.pop("name")
         try:
             obj = registry.get(str(name))
-            check_options(obj, spec, f"{registry.kind} {name!r}")
+            check_options(obj, spec, f"{registry.item} {name!r}")
         except RegistryError as exc:
             raise ConfigError(f"Config key '{key}': {exc}") from None

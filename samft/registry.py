@@ -40,13 +40,15 @@ class Registry:
 
     Args:
         kind: Plural noun of the kind (``"losses"``); the entry-point group is ``samft.<kind>``.
+        item: Singular noun for messages (default: ``kind`` without its final "s").
         builtins: Module imported before the first lookup so that built-in entries exist
             without the caller importing them.
         contract: The call contract every entry must follow; appended to the docstring.
     """
 
-    def __init__(self, kind: str, builtins: str | None = None, contract: str = "") -> None:
+    def __init__(self, kind: str, builtins: str | None = None, contract: str = "", item: str | None = None) -> None:
         self.kind = kind
+        self.item = item or kind.removesuffix("s")
         self.group = f"samft.{kind}"
         self._builtins = builtins
         self._builtins_loaded = builtins is None
@@ -87,7 +89,7 @@ class Registry:
         entry_point = self._entry_points().get(name)
         if entry_point is None:
             raise RegistryError(
-                f"Unknown {self.kind[:-1] if self.kind.endswith('s') else self.kind} {name!r}."
+                f"Unknown {self.item} {name!r}."
                 f"{did_you_mean(name, self.names())} Known {self.kind}: {', '.join(self.names())}."
             )
         obj = _load_entry_point(entry_point, self.group)
@@ -112,7 +114,7 @@ class Registry:
         name = spec.pop("name")
         obj = self.get(name)
         kwargs = {**spec, **extra}
-        check_options(obj, kwargs, f"{self.kind} {name!r}")
+        check_options(obj, kwargs, f"{self.item} {name!r}")
         if inspect.isclass(obj):
             return obj(**kwargs)
         return functools.partial(obj, **kwargs) if kwargs else obj
@@ -179,6 +181,7 @@ def check_options(obj: Callable[..., Any], kwargs: Mapping[str, Any], what: str)
 
 LOSSES = Registry(
     "losses",
+    item="loss",
     builtins="samft.losses",
     contract=(
         "A loss is called as ``loss(logits, target, **batch_extras)`` with float tensors of the\n"
