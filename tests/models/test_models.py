@@ -1,0 +1,145 @@
+"""SAM builders, checkpoint loading, freezing and the differentiable forward pass."""
+
+import pytest
+import torch
+
+from samft.models import (
+    CheckpointError,
+    build_model,
+    decode_masks,
+    embed_prompts,
+    freeze,
+    load_weights,
+    output_candidates,
+    preprocess,
+)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    return build_model("vit_tiny", 128).eval()
+
+
+@pytest.mark.parametrize("name, params", [("vit_b", 93_735_472), ("vit_l", 312_342_832), ("vit_h", 641_090_608)])
+def test_released_architectures_match_segment_anything(name, params):
+    from segment_anything import sam_model_registry
+
+    with torch.device("meta"):  # shapes only: no memory, no time
+        ours = build_model(name)
+        theirs = sam_model_registry[name]()
+    assert sum(p.numel() for p in ours.parameters()) == params
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+
+
+def test_released_architectures_refuse_other_input_sizes():
+    with pytest.raises(ValueError, match="image_size=512 does not fit vit_b"):
+        build_model("vit_b", 512)
+    with pytest.raises(ValueError, match=r"Did you mean 'vit_b'"):
+        build_model("vit_bb")
+
+
+def test_forward_matches_sam_forward(tiny):
+    """Our batched, differentiable path gives exactly what segment_anything's Sam.forward gives."""
+    torch.manual_seed(1)
+    h, w = 96, 128  # a landscape image resized to the 128 input: padded at the bottom
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    points = torch.tensor([[[20.0, 30.0]], [[100.0, 50.0]]])
+    labels = torch.ones(2, 1, dtype=torch.long)
+    theirs = tiny([{"image": image.float(), "original_size": (h, w), "point_coords": points,
+                    "point_labels": labels}], multimask_output=True)[0]
+    padded = torch.zeros(1, 3, 128, 128, dtype=torch.uint8)
+    padded[:, :, :h, :w] = image
+    valid = torch.zeros(1, 128, 128, dtype=torch.bool)
+    valid[:, :h, :w] = True
+    with torch.no_grad():
+        embeddings = tiny.image_encoder(preprocess(tiny, padded, valid))
+        logits, iou = decode_masks(tiny, embeddings, torch.zeros(2, dtype=torch.long), points, labels)
+    torch.testing.assert_close(logits[:, 1:], theirs["low_res_logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(iou[:, 1:], theirs["iou_predictions"], atol=1e-5, rtol=1e-5)
+
+
+def test_box_prompts_embed_like_sams_prompt_encoder(tiny):
+    boxes = torch.tensor([[10.0, 20.0, 60.0, 90.0], [0.0, 0.0, 127.0, 127.0]])
+    theirs, dense = tiny.prompt_encoder(points=None, boxes=boxes, masks=None)
+    ours, our_dense = embed_prompts(tiny, boxes.view(2, 2, 2), torch.tensor([[2, 3], [2, 3]]))
+    torch.testing.assert_close(ours[:, :2], theirs)
+    torch.testing.assert_close(our_dense, dense)
+
+
+def test_prompts_of_several_images_keep_their_order(tiny):
+    torch.manual_seed(2)
+    images = torch.randint(0, 256, (2, 3, 128, 128), dtype=torch.uint8)
+    valid = torch.ones(2, 128, 128, dtype=torch.bool)
+    points = torch.rand(5, 1, 2) * 127
+    labels = torch.ones(5, 1, dtype=torch.long)
+    index = torch.tensor([1, 0, 1, 0, 0])
+    with torch.no_grad():
+        emb = tiny.image_encoder(preprocess(tiny, images, valid))
+        logits, _ = decode_masks(tiny, emb, index, points, labels)
+        single, _ = decode_masks(tiny, emb[1:2], torch.zeros(1, dtype=torch.long), points[2:3], labels[2:3])
+    torch.testing.assert_close(logits[2:3], single)
+
+
+def test_forward_is_differentiable_end_to_end(tiny):
+    model = build_model("vit_tiny", 64)
+    images = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    emb = model.image_encoder(preprocess(model, images, torch.ones(1, 64, 64, dtype=torch.bool)))
+    logits, iou = decode_masks(model, emb, torch.zeros(1, dtype=torch.long), torch.tensor([[[5.0, 6.0]]]),
+                               torch.ones(1, 1, dtype=torch.long))
+    (logits.mean() + iou.mean()).backward()
+    for part in ("image_encoder", "prompt_encoder", "mask_decoder"):
+        grads = [p.grad for p in getattr(model, part).parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads), part
+
+
+def test_output_candidates_follow_sam():
+    labels = torch.tensor([[1, -1], [2, 3], [1, 0], [1, 1], [0, -1]])
+    c = output_candidates(labels)
+    assert c.tolist() == [[False, True, True, True], [True, False, False, False], [True, False, False, False],
+                          [True, False, False, False], [True, False, False, False]]
+    assert output_candidates(labels, multimask=False)[:, 0].all()
+
+
+def test_checkpoint_round_trip_and_samft_checkpoint_format(tmp_path, tiny):
+    torch.save(tiny.state_dict(), tmp_path / "raw.pth")
+    torch.save({"model": tiny.state_dict(), "step": 3}, tmp_path / "train.pt")
+    for name in ("raw.pth", "train.pt"):
+        fresh = build_model("vit_tiny", 128)
+        load_weights(fresh, tmp_path / name, "vit_tiny")
+        for (k, a), b in zip(tiny.state_dict().items(), fresh.state_dict().values()):
+            assert torch.equal(a, b), k
+
+
+def test_checkpoint_of_another_model_is_explained(tmp_path):
+    state = build_model("vit_tiny", 128).state_dict()
+    state["image_encoder.patch_embed.proj.weight"] = torch.zeros(768, 3, 16, 16)
+    torch.save(state, tmp_path / "vit_b_like.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_weights(build_model("vit_tiny", 128), tmp_path / "vit_b_like.pth", "vit_tiny")
+    message = str(err.value)
+    assert "keys of another shape" in message and "(768, 3, 16, 16)" in message
+    assert "set model.name=vit_b" in message
+
+
+def test_checkpoint_for_another_input_size_is_explained(tmp_path):
+    torch.save(build_model("vit_tiny", 256).state_dict(), tmp_path / "big.pth")
+    with pytest.raises(CheckpointError, match=r"3 keys of another shape.*\(31, 48\) vs model \(15, 48\).*model.image_size"):
+        load_weights(build_model("vit_tiny", 128), tmp_path / "big.pth", "vit_tiny")
+
+
+def test_unreadable_and_missing_checkpoints_are_explained(tmp_path):
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="could not be read"):
+        load_weights(build_model("vit_tiny", 64), tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_weights(build_model("vit_tiny", 64), tmp_path / "missing.pth")
+
+
+def test_freeze_turns_off_gradients_of_chosen_parts():
+    model = build_model("vit_tiny", 64)
+    freeze(model, image_encoder=True)
+    assert not any(p.requires_grad for p in model.image_encoder.parameters())
+    assert all(p.requires_grad for p in model.mask_decoder.parameters())
+    with pytest.raises(ValueError, match="nothing would train"):
+        freeze(model, image_encoder=True, prompt_encoder=True, mask_decoder=True)
