@@ -1,0 +1,253 @@
+"""PNG figures for tracking: prediction overlays and metric curves (matplotlib, Agg, no pyplot).
+
+Figures are built with ``matplotlib.figure.Figure`` directly so that nothing touches pyplot's
+global state: plotting is safe from any thread and never opens a window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+GT_COLOR = (0.1, 0.9, 0.2)
+PRED_COLOR = (1.0, 0.2, 0.8)
+MASK_ALPHA = 0.45
+PANEL_INCHES = 3.0
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A torch tensor (any device/dtype, bf16 included) or array-like as a numpy array."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu()
+        if x.is_floating_point():
+            x = x.float()
+        x = x.numpy()
+    return np.asarray(x)
+
+
+def images_hwc(images: Any) -> np.ndarray:
+    """Images as float RGB in [0, 1], shape (B, H, W, 3).
+
+    Args:
+        images: (B, 3|1, H, W), (B, H, W, 3|1) or (B, H, W). uint8 is divided by 255; floats
+            already in [0, 1] are kept; other floats (normalised pixels, 0-255 floats) are
+            min-max scaled per image so that they stay visible.
+
+    Raises:
+        ValueError: For any other shape.
+    """
+    arr = to_numpy(images)
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    elif arr.ndim == 4 and arr.shape[1] in (1, 3) and arr.shape[-1] not in (1, 3):
+        arr = arr.transpose(0, 2, 3, 1)
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3):
+        raise ValueError(
+            f"images must have shape (B, 3, H, W), (B, H, W, 3) or (B, H, W); got {arr.shape}."
+        )
+    if arr.shape[-1] == 1:
+        arr = np.repeat(arr, 3, axis=-1)
+    if arr.dtype == np.uint8:
+        return arr.astype(np.float32) / 255.0
+    arr = arr.astype(np.float32)
+    out = np.empty_like(arr)
+    for i, img in enumerate(arr):
+        lo, hi = float(np.nanmin(img)), float(np.nanmax(img))
+        if lo >= 0.0 and hi <= 1.0:
+            out[i] = img
+        else:
+            out[i] = (img - lo) / max(hi - lo, 1e-12)
+    return np.nan_to_num(out)
+
+
+def binary_masks(masks: Any, name: str, batch: int, size: tuple[int, int]) -> np.ndarray:
+    """Masks as bool (B, H, W) at the image ``size``.
+
+    Args:
+        masks: (B, H', W') or (B, 1, H', W'). bool/integer masks are used as ``> 0``; float masks
+            are taken as logits and thresholded at 0 (SAM's mask threshold). A different
+            resolution (e.g. SAM's 256x256 low-res logits) is resized by nearest neighbour.
+        name: Argument name for error messages.
+        batch: Expected B.
+        size: Target (H, W).
+    """
+    arr = to_numpy(masks)
+    if arr.ndim == 4 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 3 or arr.shape[0] != batch:
+        raise ValueError(
+            f"{name} must have shape ({batch}, H, W) or ({batch}, 1, H, W) to match the images; "
+            f"got {arr.shape}. Select one mask per image (e.g. the best of SAM's 3 outputs)."
+        )
+    binary = arr > 0
+    if binary.shape[1:] != tuple(size):
+        rows = (np.arange(size[0]) * binary.shape[1] // size[0]).clip(0, binary.shape[1] - 1)
+        cols = (np.arange(size[1]) * binary.shape[2] // size[1]).clip(0, binary.shape[2] - 1)
+        binary = binary[:, rows][:, :, cols]
+    return binary
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two bool masks; 1.0 when both are empty (nothing to find, nothing found)."""
+    union = np.logical_or(pred, gt).sum()
+    if union == 0:
+        return 1.0
+    return float(np.logical_and(pred, gt).sum() / union)
+
+
+def _blend(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
+    out = image.copy()
+    out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * np.asarray(color, dtype=np.float32)
+    return out
+
+
+def overlay_figure(
+    images: Any,
+    gt_masks: Any,
+    pred_masks: Any,
+    points: Any | None = None,
+    point_labels: Any | None = None,
+    boxes: Any | None = None,
+    max_rows: int = 4,
+    title: str = "",
+) -> Figure:
+    """One row per sample: image | ground truth | prediction (with IoU) | prompt.
+
+    Args:
+        images: (B, 3, H, W) / (B, H, W, 3) / (B, H, W), see :func:`images_hwc`.
+        gt_masks: (B, H, W) or (B, 1, H, W); bool, integer or logits.
+        pred_masks: Same shapes; float values are logits (thresholded at 0).
+        points: (B, N, 2) xy pixel coordinates in the frame of ``images``, or None.
+        point_labels: (B, N); 1 foreground, 0 background, -1 padding (not drawn).
+        boxes: (B, 4) xyxy pixel boxes, or None.
+        max_rows: Samples drawn (the first ``max_rows``).
+        title: Figure title.
+
+    Returns:
+        The figure (render with :func:`save_figure`).
+    """
+    imgs = images_hwc(images)
+    batch, height, width = imgs.shape[:3]
+    gts = binary_masks(gt_masks, "gt_masks", batch, (height, width))
+    preds = binary_masks(pred_masks, "pred_masks", batch, (height, width))
+    pts, lbls = _prompt_points(points, point_labels, batch)
+    bxs = None if boxes is None else to_numpy(boxes).reshape(batch, -1, 4)
+    rows = max(1, min(max_rows, batch))
+    fig = Figure(figsize=(4 * PANEL_INCHES, rows * PANEL_INCHES), dpi=80)
+    axes = fig.subplots(rows, 4, squeeze=False)
+    for r in range(rows):
+        iou = mask_iou(preds[r], gts[r])
+        panels = [
+            (imgs[r], "image"),
+            (_blend(imgs[r], gts[r], GT_COLOR), "ground truth"),
+            (_blend(imgs[r], preds[r], PRED_COLOR), f"prediction (IoU {iou:.3f})"),
+            (imgs[r], "prompt"),
+        ]
+        for ax, (panel, label) in zip(axes[r], panels):
+            ax.imshow(panel, interpolation="nearest")
+            ax.set_title(label, fontsize=9)
+            ax.set_axis_off()
+        _draw_prompt(axes[r][3], pts, lbls, bxs, r)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def _prompt_points(
+    points: Any | None, labels: Any | None, batch: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if points is None:
+        return None, None
+    pts = to_numpy(points).astype(np.float32).reshape(batch, -1, 2)
+    if labels is None:
+        lbls = np.ones(pts.shape[:2], dtype=np.int64)
+    else:
+        lbls = to_numpy(labels).reshape(batch, -1)
+        if lbls.shape != pts.shape[:2]:
+            raise ValueError(
+                f"point_labels must have shape {pts.shape[:2]} to match points {pts.shape}; "
+                f"got {lbls.shape}."
+            )
+    return pts, lbls
+
+
+def _draw_prompt(ax: Any, pts: Any, lbls: Any, boxes: Any, row: int) -> None:
+    if pts is not None:
+        fg = pts[row][lbls[row] == 1]
+        bg = pts[row][lbls[row] == 0]
+        ax.scatter(fg[:, 0], fg[:, 1], marker="*", s=160, c="lime", edgecolors="black")
+        ax.scatter(bg[:, 0], bg[:, 1], marker="X", s=110, c="red", edgecolors="black")
+    if boxes is not None:
+        for x0, y0, x1, y1 in boxes[row]:
+            ax.add_patch(_rectangle(x0, y0, x1, y1))
+
+
+def _rectangle(x0: float, y0: float, x1: float, y1: float) -> Any:
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=2)
+
+
+Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]
+
+
+def curves_figure(title: str, series: Series, ylabel: str = "") -> Figure:
+    """Line plot of one metric; several series (runs) overlaid.
+
+    Args:
+        title: Figure title (the metric name).
+        series: label -> (steps, values). Non-finite values are skipped by matplotlib.
+        ylabel: Y-axis label.
+    """
+    fig = Figure(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
+    for label, (steps, values) in series.items():
+        marker = "o" if len(steps) < 30 else None
+        ax.plot(list(steps), list(values), label=label, marker=marker, markersize=3, linewidth=1.4)
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel or title)
+    ax.grid(True, alpha=0.3)
+    if len(series) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grid_figure(history: Mapping[str, tuple[Sequence[float], Sequence[float]]]) -> Figure:
+    """All metrics of one run, one small panel each (an at-a-glance summary)."""
+    keys = sorted(history)
+    cols = min(4, max(1, len(keys)))
+    rows = max(1, math.ceil(len(keys) / cols))
+    fig = Figure(figsize=(4 * cols, 2.8 * rows), dpi=80)
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, key in zip(axes, keys):
+        steps, values = history[key]
+        ax.plot(list(steps), list(values), linewidth=1.2)
+        ax.set_title(key, fontsize=9)
+        ax.grid(True, alpha=0.3)
+    for ax in axes[len(keys) :]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: Path) -> Path:
+    """Render ``fig`` to a PNG at ``path`` (parents created) and return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, format="png")
+    return path
+
+
+def metric_file_name(key: str) -> str:
+    """A file name for a metric key: ``loss/dice`` -> ``loss__dice.png``."""
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in key.replace("/", "__"))
+    return f"{safe}.png"
