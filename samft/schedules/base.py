@@ -1,0 +1,95 @@
+"""The schedule base class and the option checks every schedule shares."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from numbers import Real
+from typing import Any
+
+
+class Schedule:
+    """A pure function ``step -> float`` built from its options.
+
+    A schedule holds nothing but its (plain Python) options: calling it never changes it, two
+    schedules with equal options are equal, and it pickles. Subclasses implement :meth:`at`.
+    """
+
+    def __call__(self, step: int) -> float:
+        """The value at ``step`` (an optimiser step counted from 0; any real number is accepted)."""
+        if isinstance(step, bool) or not isinstance(step, Real) or not math.isfinite(step):
+            raise ValueError(f"{type(self).__name__}: step must be a finite number, got {step!r}.")
+        return float(self.at(step))
+
+    def at(self, step: float) -> float:
+        """The schedule's formula; ``step`` is already checked to be finite."""
+        raise NotImplementedError(f"{type(self).__name__} must implement value(step).")
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and vars(self) == vars(other)
+
+    def __hash__(self) -> int:
+        return hash((type(self).__name__, repr(self)))
+
+    def __repr__(self) -> str:
+        options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({options})"
+
+
+def as_schedule(value: Any, what: str) -> Schedule:
+    """Turn a number, a schedule or a spec ``{name: ..., **options}`` into a schedule.
+
+    Args:
+        value: A number (a constant), a :class:`Schedule`, or a mapping built through ``SCHEDULES``.
+        what: Where the value comes from, for error messages (``"weights.focal"``).
+
+    Returns:
+        A schedule.
+    """
+    from samft.registry import SCHEDULES
+    from samft.schedules.basic import Constant
+
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return Constant(value)
+    if isinstance(value, Mapping):
+        return SCHEDULES.build(dict(value))
+    raise ValueError(
+        f"{what} must be a number or a schedule spec such as "
+        f"{{name: linear, start: 0.0, end: 1.0, total_steps: 1000}}; got {value!r}."
+    )
+
+
+def finite(name: str, value: Any) -> float:
+    """``value`` as a float, or a ValueError naming the option when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
+        raise ValueError(f"Option {name} must be a finite number, got {value!r}.")
+    return float(value)
+
+
+def count(name: str, value: Any) -> int:
+    """``value`` as a non-negative int (a number of steps), or a ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, Real) or value != int(value) or value < 0:
+        raise ValueError(f"Option {name} must be a non-negative whole number of steps, got {value!r}.")
+    return int(value)
+
+
+def increasing_steps(name: str, values: Any) -> tuple[int, ...]:
+    """A strictly increasing tuple of non-negative step counts, or a ValueError naming the option."""
+    if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
+        raise ValueError(f"Option {name} must be a list of step counts, got {values!r}.")
+    steps = tuple(count(f"{name}[{i}]", v) for i, v in enumerate(values))
+    if any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"Option {name} must be strictly increasing, got {list(steps)}.")
+    return steps
+
+
+def progress(step: float, begin_step: int, total_steps: int) -> float:
+    """Fraction of ``[begin_step, begin_step + total_steps]`` covered at ``step``, clamped to [0, 1].
+
+    A zero-length span is a jump: 0 before ``begin_step``, 1 from it on.
+    """
+    if total_steps == 0:
+        return 1.0 if step >= begin_step else 0.0
+    return min(max((step - begin_step) / total_steps, 0.0), 1.0)
