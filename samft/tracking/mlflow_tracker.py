@@ -464,6 +464,7 @@ class Tracker:
         self._closed = True
         if self._monitor is not None:
             self._monitor.finish()
+        self._warned = True  # the closing report below replaces the outage warning
         delivered = False
         for attempt in range(self.close_attempts):
             if attempt:
