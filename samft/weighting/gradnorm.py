@@ -1,0 +1,200 @@
+"""GradNorm (Chen, Badrinarayanan, Lee and Rabinovich, ICML 2018).
+
+Per step, with weights ``w`` (summing to T, the number of terms) and a shared layer W:
+
+* ``G_i = ||grad_W (w_i L_i)||``: how hard term i pulls on W;
+* ``r_i = (L_i / L_i(0)) / mean_j (L_j / L_j(0))``: its relative inverse training rate;
+* ``target_i = mean_j(G_j) * r_i ** alpha``, a constant;
+* ``L_grad = sum_i |G_i - target_i|``, differentiated w.r.t. ``w`` only, one optimiser step on ``w``,
+  then ``w`` is clamped to ``min_weight`` and renormalised to sum to T.
+
+The step's total is ``sum_i w_i L_i`` with the weights *before* the update (those are the weights
+returned for logging); the update takes effect from the next step.
+
+Exactness and cost: ``w_i > 0`` enters ``G_i`` only as a factor, ``G_i = w_i g_i`` with
+``g_i = ||grad_W L_i||``, so ``dL_grad/dw_i = sign(G_i - target_i) g_i`` exactly. The ``g_i`` are
+therefore computed with ``torch.autograd.grad(L_i, W, retain_graph=True)`` *without*
+``create_graph``: no second-order graph is built, autograd runs only the part of the graph between
+the losses and W, and nothing reaches the model's ``.grad`` (``L_grad`` is never back-propagated
+into the model). The model's gradients are those of ``total.backward()`` alone.
+
+Default shared layer, ``mask_decoder.transformer.norm_final_attn``: in SAM's
+``MaskDecoder.predict_masks`` the two-way transformer returns the output tokens ``hs`` and the
+image tokens ``src``. ``hs[:, 0]`` feeds the IoU head (IoU loss) and ``hs[:, 1:]`` feeds the
+hypernetwork MLPs that, multiplied with the upscaled ``src``, give the masks (focal and dice);
+``src`` does not reach the IoU head. ``hs`` leaves the transformer through ``norm_final_attn``,
+the LayerNorm after the final token-to-image attention, so it is the last layer that every output
+head depends on (everything after it is head-specific), as the paper prescribes. It has only
+2 x 256 parameters (vit_b/l/h), which keeps the per-term backward passes short.
+
+Distributed: when ``torch.distributed`` is initialised, ``g`` and ``L`` are averaged across ranks
+before the update, so every rank makes the same update and the weights stay identical.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from samft.registry import WEIGHTINGS
+from samft.schedules.base import count, finite
+from samft.weighting.analysis import grad_norms, resolve_params
+from samft.weighting.base import WeightingStrategy, per_term
+
+DEFAULT_SHARED = "mask_decoder.transformer.norm_final_attn"
+OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+@WEIGHTINGS.register("gradnorm")
+class GradNormWeighting(WeightingStrategy):
+    """GradNorm weights, updated inside :meth:`forward` by the strategy's own optimiser.
+
+    The weights are an ``nn.Parameter`` (so ``.to()`` and ``state_dict`` carry them) that only this
+    strategy's optimiser steps: :meth:`param_groups` returns nothing for the model's optimiser.
+    The state dict holds the weights, the sum and count of the initial losses and (as extra state)
+    the optimiser's state, so a resumed run continues exactly. On loading, the optimiser's lr is
+    reset to the configured ``lr``. Updates happen only in training mode with grad enabled; losses
+    or gradient norms that are not finite skip the update (the engine then skips the step).
+
+    Args:
+        terms: Loss-term names.
+        alpha: Restoring-force strength (default 1.5, the paper's value for most tasks).
+        shared_param: Parameter or module name of the shared layer W (default
+            ``mask_decoder.transformer.norm_final_attn``, see the module docstring).
+        lr: Learning rate of the weights' optimiser (default 0.025).
+        optimizer: ``adam`` (default) or ``sgd``.
+        initial_steps: ``L_i(0)`` is the mean loss over the first this many steps (default 1: the
+            first step, as in the paper); no update happens before they are seen.
+        initial_weights: Starting weights, for all terms or ``{term: w}``, renormalised to sum to T
+            (default: all 1).
+        min_weight: Lower clamp of a weight after each step, before renormalising (default 1e-3),
+            so a weight cannot reach 0 or turn negative.
+    """
+
+    def __init__(self, terms: Sequence[str], alpha: float = 1.5, shared_param: str = DEFAULT_SHARED,
+                 lr: float = 0.025, optimizer: str = "adam", initial_steps: int = 1,
+                 initial_weights: Mapping[str, float] | float | None = None, min_weight: float = 1e-3) -> None:
+        super().__init__(terms)
+        self.alpha = finite("alpha", alpha)
+        self.lr = finite("lr", lr)
+        self.min_weight = finite("min_weight", min_weight)
+        self.initial_steps = count("initial_steps", initial_steps)
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"Option optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}.")
+        if self.lr <= 0 or self.initial_steps < 1 or not 0 < self.min_weight < 1:
+            raise ValueError(f"GradNorm needs lr > 0, initial_steps >= 1 and 0 < min_weight < 1; got lr={lr}, "
+                             f"initial_steps={initial_steps}, min_weight={min_weight}.")
+        if not isinstance(shared_param, str) or not shared_param:
+            raise ValueError(f"Option shared_param must be a parameter or module name, got {shared_param!r}.")
+        self.shared_param = shared_param
+        self.optimizer_name = optimizer
+        init = per_term("initial_weights", initial_weights, self.terms, default=1.0)
+        w0 = torch.tensor([finite(f"initial_weights.{t}", init[t]) for t in self.terms])
+        if (w0 <= 0).any():
+            raise ValueError(f"Option initial_weights must be > 0 for every term, got {dict(init)}.")
+        self.weights = nn.Parameter(w0 * len(self.terms) / w0.sum())
+        self.register_buffer("initial_loss_sum", torch.zeros(len(self.terms)))
+        self.register_buffer("initial_count", torch.zeros((), dtype=torch.long))
+        self.register_buffer("last_grad_norm", torch.zeros(len(self.terms)), persistent=False)
+        self._optimizer = OPTIMIZERS[optimizer]([self.weights], lr=self.lr)
+        self._shared: list[nn.Parameter] | None = None
+
+    # -- engine contract ----------------------------------------------------------------------
+    def bind(self, model: nn.Module) -> None:
+        """Resolve ``shared_param`` in ``model``; it must be trainable."""
+        params = resolve_params(model, self.shared_param)
+        if not all(p.requires_grad for p in params):
+            raise ValueError(
+                f"GradNorm's shared layer {self.shared_param!r} is frozen (requires_grad=False). Unfreeze it or "
+                "choose a trainable layer that every loss term depends on with weighting.shared_param."
+            )
+        self._shared = params
+
+    def forward(self, losses: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Weighted total with the current weights, then one GradNorm update of the weights.
+
+        Args:
+            losses: One scalar tensor per configured term, with the graph of this step.
+            step: Optimiser step (unused: the update is driven by the losses).
+
+        Returns:
+            The fp32 scalar total ``sum_i w_i L_i`` (``w`` as constants) and ``{term: w_i}``, the
+            weights of this total.
+        """
+        values = self.stack_losses(losses)
+        used = self.weights.detach().clone()
+        total = (used.to(values.device) * values).sum()
+        if self.training and torch.is_grad_enabled() and values.requires_grad:
+            self._update([losses[t] for t in self.terms], values.detach())
+        return total, self.as_dict(used)
+
+    def get_extra_state(self) -> dict[str, Any]:
+        return {"optimizer": self._optimizer.state_dict()}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self._optimizer.load_state_dict(state["optimizer"])
+        for group in self._optimizer.param_groups:
+            group["lr"] = self.lr
+
+    @property
+    def last_grad_norms(self) -> dict[str, float]:
+        """``{term: G_i}`` of the last update (weighted norms before the update), for analysis."""
+        return self.as_dict(self.last_grad_norm)
+
+    # -- the update -----------------------------------------------------------------------------
+    def _update(self, term_losses: list[torch.Tensor], values: torch.Tensor) -> None:
+        if self._shared is None:
+            raise ValueError("GradNorm needs the model: call strategy.bind(model) before the first training step.")
+        g, connected = grad_norms(term_losses, self._shared)
+        if not any(connected):
+            raise ValueError(
+                f"No loss term {list(self.terms)} depends on GradNorm's shared layer {self.shared_param!r}; "
+                "set weighting.shared_param to a layer that every term's gradient passes through."
+            )
+        device = self.weights.device
+        g, values = _mean_across_ranks(torch.cat([g.to(device), values.to(device)])).split(len(self.terms))
+        if not (torch.isfinite(g).all() and torch.isfinite(values).all()):
+            return
+        if int(self.initial_count) < self.initial_steps:
+            self.initial_loss_sum += values
+            self.initial_count += 1
+            if int(self.initial_count) < self.initial_steps:
+                return
+        self._step_weights(g, self._relative_rates(values))
+
+    def _relative_rates(self, values: torch.Tensor) -> torch.Tensor:
+        """``r_i``; a term whose initial loss is 0 counts as training at the mean rate."""
+        initial = self.initial_loss_sum / self.initial_count
+        ratio = torch.where(initial > 0, values / initial.clamp_min(1e-30), torch.ones_like(values))
+        mean = ratio.mean()
+        return ratio / mean if mean > 0 else torch.ones_like(ratio)
+
+    def _step_weights(self, g: torch.Tensor, r: torch.Tensor) -> None:
+        with torch.enable_grad():
+            weighted = self.weights * g  # G_i; differentiable in the weights only
+            target = weighted.detach().mean() * r.pow(self.alpha)
+            loss_grad = (weighted - target).abs().sum()
+            (grad,) = torch.autograd.grad(loss_grad, self.weights)
+        self.last_grad_norm = weighted.detach()
+        self.weights.grad = grad
+        self._optimizer.step()
+        self.weights.grad = None
+        with torch.no_grad():
+            self.weights.clamp_(min=self.min_weight)
+            self.weights.mul_(len(self.terms) / self.weights.sum())
+
+    def extra_repr(self) -> str:
+        return (f"terms={list(self.terms)}, alpha={self.alpha}, shared_param={self.shared_param!r}, "
+                f"lr={self.lr}, optimizer={self.optimizer_name!r}, initial_steps={self.initial_steps}")
+
+
+def _mean_across_ranks(x: torch.Tensor) -> torch.Tensor:
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= dist.get_world_size()
+    return x
