@@ -1,0 +1,124 @@
+"""Mask-quality metrics: stability score, mask IoU and boundary IoU.
+
+Every metric takes ``(logits_or_masks, target)`` with masks in the last two dimensions
+(``[..., H, W]``, usually ``[N, H, W]``) and returns one value per mask (``[...]``) in fp32.
+A prediction is foreground where it is ``> 0``, which works for logits and for 0/1 or bool
+masks alike; a target is foreground where it is ``> 0.5`` and ignored where it is ``< 0``.
+Metrics carry no gradient.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from samft.registry import METRICS
+
+
+def _check_masks(pred: torch.Tensor, target: torch.Tensor | None, name: str) -> None:
+    if not torch.is_tensor(pred) or pred.dim() < 2:
+        raise ValueError(f"{name}: predictions must be a tensor [..., H, W]; got {getattr(pred, 'shape', type(pred))}.")
+    if target is not None and tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(
+            f"{name}: target {tuple(target.shape)} must have the predictions' shape {tuple(pred.shape)}."
+        )
+
+
+def _count(mask: torch.Tensor) -> torch.Tensor:
+    return mask.flatten(-2).sum(-1, dtype=torch.int64)
+
+
+def _ratio_or_one(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """``num / den`` as fp32; 1.0 where ``den == 0`` (both masks empty: perfect agreement)."""
+    return torch.where(den > 0, num.float() / den.clamp(min=1).float(), 1.0)
+
+
+@METRICS.register("stability_score")
+@torch.no_grad()
+def stability_score(
+    logits: torch.Tensor,
+    target: torch.Tensor | None = None,
+    *,
+    mask_threshold: float = 0.0,
+    offset: float = 1.0,
+) -> torch.Tensor:
+    """SAM's stability score: IoU of the masks thresholded at ``t + offset`` and ``t - offset``.
+
+    Equals ``segment_anything.utils.amg.calculate_stability_score(logits, t, offset)``:
+    ``|x > t + offset| / |x > t - offset|`` (the high-threshold mask lies inside the low one).
+
+    Args:
+        logits: ``[..., H, W]`` mask logits.
+        target: Unused; accepted so that every metric has the same call signature.
+        mask_threshold: ``t`` (0.0, SAM's mask threshold).
+        offset: Threshold offset (1.0, SAM's automatic mask generator).
+
+    Returns:
+        ``[...]`` fp32 scores in [0, 1]. 0/0 (no pixel above ``t - offset``, SAM gives NaN) is
+        defined as 0.0: there is no mask to be stable, so stability filters (AMG keeps >= 0.95)
+        drop it and averages stay finite.
+    """
+    _check_masks(logits, None, "stability_score")
+    inter = _count(logits > mask_threshold + offset)
+    union = _count(logits > mask_threshold - offset)
+    return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), 0.0)
+
+
+@METRICS.register("mask_iou")
+@torch.no_grad()
+def mask_iou(pred: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Intersection over union of the predicted and target masks.
+
+    Args:
+        pred: ``[..., H, W]`` logits or masks; foreground where ``> 0``.
+        target: ``[..., H, W]`` 0/1 masks; foreground where ``> 0.5``, ignored where ``< 0``.
+        valid: Optional bool mask broadcastable to ``target``; False pixels are ignored.
+
+    Returns:
+        ``[...]`` fp32 IoU; 1.0 when prediction and target are both empty.
+    """
+    _check_masks(pred, target, "mask_iou")
+    counted = target >= 0 if valid is None else (target >= 0) & valid.bool()
+    p, t = (pred > 0) & counted, (target > 0.5) & counted
+    return _ratio_or_one(_count(p & t), _count(p | t))
+
+
+@METRICS.register("boundary_iou")
+@torch.no_grad()
+def boundary_iou(pred: torch.Tensor, target: torch.Tensor, *, dilation_ratio: float = 0.02) -> torch.Tensor:
+    """Boundary IoU (Cheng et al. 2021): IoU of the masks' inner boundary bands.
+
+    The band of a mask is ``mask & ~erode(mask, d)`` with ``d = max(1, round(dilation_ratio *
+    diag))`` pixels, ``diag = sqrt(H^2 + W^2)``, erosion by a (2d+1)^2 square (``d`` iterations of
+    a 3x3 erosion) with the outside of the image treated as background, so mask edges on the
+    image border count as boundary (as the reference ``mask_to_boundary``).
+
+    Args:
+        pred: ``[..., H, W]`` logits or masks; foreground where ``> 0``.
+        target: ``[..., H, W]`` 0/1 masks; foreground where ``> 0.5``.
+        dilation_ratio: Band width relative to the image diagonal (0.02, the paper's default).
+
+    Returns:
+        ``[...]`` fp32 boundary IoU; 1.0 when both masks are empty.
+    """
+    _check_masks(pred, target, "boundary_iou")
+    if dilation_ratio <= 0:
+        raise ValueError(f"dilation_ratio must be > 0; got {dilation_ratio}.")
+    height, width = pred.shape[-2:]
+    band = max(1, int(round(dilation_ratio * math.hypot(height, width))))
+    p, t = _boundary(pred > 0, band), _boundary(target > 0.5, band)
+    return _ratio_or_one(_count(p & t), _count(p | t))
+
+
+def _boundary(mask: torch.Tensor, band: int) -> torch.Tensor:
+    """``mask & ~eroded`` with a square erosion of radius ``band``; outside the image is background."""
+    flat = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    # Erosion = 1 - dilation of the complement; the complement is 1 outside the image.
+    outside = F.pad(1.0 - flat, (band, band, band, band), value=1.0)
+    # A square kernel is separable: a row pass then a column pass costs O(band), not O(band^2).
+    dilated = F.max_pool2d(outside, kernel_size=(1, 2 * band + 1), stride=1)
+    dilated = F.max_pool2d(dilated, kernel_size=(2 * band + 1, 1), stride=1)
+    eroded = (dilated < 0.5).reshape(mask.shape)
+    return mask & ~eroded
