@@ -1,12 +1,14 @@
 """Losses made of other losses: a weighted sum of named terms, and a mean over granularity levels.
 
 Both are classes so that their sub-losses are looked up and validated once, when the config is
-built, not on every call. The helpers ``resolve_loss``, ``accepted_extras``, ``call_loss`` and
-``loss_value`` are shared by the wrapping losses of ``valid_pixel`` and ``weighted``.
+built, not on every call. Batch extras reach each sub-loss through ``_common.call_loss`` (only
+the keywords it declares). ``resolve_loss``, ``require_per_element`` and ``loss_value`` are
+shared with the wrapping losses of ``valid_pixel`` and ``weighted``.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 from collections.abc import Callable, Mapping, Sequence
@@ -14,6 +16,7 @@ from typing import Any
 
 import torch
 
+from samft.losses._common import call_loss, compute_dtype
 from samft.registry import LOSSES
 
 LossSpec = str | Mapping[str, Any] | Callable[..., Any]
@@ -40,25 +43,33 @@ def resolve_loss(spec: LossSpec, *, what: str) -> Callable[..., Any]:
     )
 
 
-def accepted_extras(fn: Callable[..., Any], extras: Mapping[str, Any]) -> dict[str, Any]:
-    """The subset of ``extras`` that ``fn`` accepts as keyword arguments (all of them for ``**kw``).
+def accepts_keyword(fn: Callable[..., Any], name: str) -> bool:
+    """Whether ``fn`` takes the keyword ``name`` (or ``**kwargs``) and the config has not bound it.
 
-    A batch carries extras (``dist_map``, ``valid``, ``epoch``...) that only some losses use;
-    handing every loss every extra would make a plain ``dice`` fail on ``dist_map``.
+    Args:
+        fn: A loss callable (function, ``functools.partial``, object, ``nn.Module``).
+        name: Keyword to look for, e.g. ``"reduction"``.
     """
+    if isinstance(fn, functools.partial) and name in fn.keywords:
+        return False
+    target = fn.forward if isinstance(fn, torch.nn.Module) else fn
     try:
-        params = inspect.signature(fn).parameters
+        params = inspect.signature(target).parameters
     except (TypeError, ValueError):  # no introspectable signature: let the call decide
-        return dict(extras)
+        return True
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return dict(extras)
-    keyword = {n for n, p in params.items() if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
-    return {k: v for k, v in extras.items() if k in keyword}
+        return True
+    keyword_kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return name in params and params[name].kind in keyword_kinds
 
 
-def call_loss(fn: Callable[..., Any], logits: Any, target: Any, **extras: Any) -> Any:
-    """Call ``fn(logits, target, **extras it accepts)``."""
-    return fn(logits, target, **accepted_extras(fn, extras))
+def require_per_element(fn: Callable[..., Any], what: str) -> None:
+    """Raise a ValueError unless the wrapped loss ``fn`` can be called with ``reduction="none"``."""
+    if not accepts_keyword(fn, "reduction"):
+        raise ValueError(
+            f"{what}: the loss {fn!r} must accept reduction='none' (set by the wrapper, so leave "
+            "reduction out of its spec): use a per-element loss such as bce, sigmoid_focal or mse."
+        )
 
 
 def loss_value(out: Any, *, what: str) -> torch.Tensor:
@@ -73,7 +84,8 @@ def loss_value(out: Any, *, what: str) -> torch.Tensor:
             f"{what} must return a scalar tensor or a dict with a scalar 'loss', got {shape}. "
             "Use reduction='mean' (or 'sum') for that term."
         )
-    return out.reshape(())
+    # a half-precision term (third-party loss) is summed in fp32 like everything else
+    return out.reshape(()).to(compute_dtype(out))
 
 
 def _detach(value: Any) -> Any:
@@ -97,25 +109,17 @@ class Combined:
     (or takes ``**kwargs``), so one batch can feed ``dice`` and ``boundary`` (``dist_map``) alike.
     The term values keep their gradient: samft's trainer hands grad-carrying scalars to the
     weighting strategy, which recombines them (``loss`` is this class's own weighted sum).
+    Shapes and empty-target behaviour are those of the terms.
 
     Args:
         terms: Mapping term key -> ``{name: registered loss (default: the key), weight: float
-            (default 1.0), **loss kwargs}`` or a bare registered name (weight 1).
+            (default 1.0), **loss kwargs}``, a bare registered name or a callable (weight 1).
     """
 
     def __init__(self, terms: Mapping[str, Any]) -> None:
         if not isinstance(terms, Mapping) or not terms:
             raise ValueError(f"combined: terms must be a non-empty mapping of term -> spec, got {terms!r}.")
-        self.terms: dict[str, tuple[float, Callable[..., Any]]] = {}
-        for key, spec in terms.items():
-            if key == "loss" or "/" in str(key):
-                raise ValueError(f"combined: term key {key!r} is reserved or contains '/'; rename the term.")
-            spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-            spec.setdefault("name", key)
-            weight = spec.pop("weight", 1.0)
-            if not isinstance(weight, (int, float)) or not math.isfinite(weight):
-                raise ValueError(f"combined: term {key!r} has weight {weight!r}; it must be a finite number.")
-            self.terms[str(key)] = (float(weight), resolve_loss(spec, what=f"combined term {key!r}"))
+        self.terms = {str(key): _term(str(key), spec) for key, spec in terms.items()}
 
     def __call__(self, logits: Any, target: Any, **extras: Any) -> dict[str, torch.Tensor]:
         """Compute all terms.
@@ -132,7 +136,7 @@ class Combined:
         total: torch.Tensor | None = None
         for key, (weight, fn) in self.terms.items():
             result = call_loss(fn, logits, target, **extras)
-            value = loss_value(result, what=f"combined term {key!r}").float()
+            value = loss_value(result, what=f"combined term {key!r}")
             out[key] = value
             if isinstance(result, Mapping):
                 # detached: the engine treats grad-carrying scalars as weightable terms, and a
@@ -140,6 +144,23 @@ class Combined:
                 out.update({f"{key}/{k}": _detach(v) for k, v in result.items() if k != "loss"})
             total = weight * value if total is None else total + weight * value
         return {"loss": total, **out}
+
+
+def _term(key: str, spec: Any) -> tuple[float, Callable[..., Any]]:
+    """``(weight, loss)`` of one ``combined`` term spec."""
+    what = f"combined term {key!r}"
+    if key == "loss" or "/" in key:
+        raise ValueError(f"{what}: the key is reserved or contains '/'; rename the term.")
+    if isinstance(spec, str) or callable(spec):
+        return 1.0, resolve_loss(spec, what=what)
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"{what}: expected a loss name or a mapping {{name, weight, **kwargs}}, got {spec!r}.")
+    spec = dict(spec)
+    spec.setdefault("name", key)
+    weight = spec.pop("weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
+        raise ValueError(f"{what} has weight {weight!r}; it must be a finite number.")
+    return float(weight), resolve_loss(spec, what=what)
 
 
 @LOSSES.register("multi_granularity")
@@ -150,6 +171,7 @@ class MultiGranularity:
     ``sum_l w_l L_l / num_levels`` (``normalize="count"``). The seed divided a weighted *sum* by
     the number of levels, which is only a mean when the weights sum to that number; with
     ``"weights"`` the result is a true weighted mean, so scaling all weights changes nothing.
+    Empty targets behave as in the level loss (``sam_mask`` zeroes masks without foreground).
 
     Args:
         loss: Mask loss spec used at every level (default ``"sam_mask"``: focal 20 + dice 1).
@@ -199,7 +221,7 @@ class MultiGranularity:
         if len(weights) != len(preds):
             raise ValueError(f"multi_granularity: {len(weights)} weights for {len(preds)} levels.")
         values = [
-            loss_value(call_loss(self.loss, p, t, **extras), what=f"multi_granularity level {i}").float()
+            loss_value(call_loss(self.loss, p, t, **extras), what=f"multi_granularity level {i}")
             for i, (p, t) in enumerate(zip(preds, targets))
         ]
         total = sum(w * v for w, v in zip(weights, values))

@@ -2,39 +2,19 @@
 
 Unlike the mask losses, the first argument here is the *prediction* itself (not logits), and a
 negative target is an ordinary value, not "ignore": regions are excluded through ``mask``.
-Everything is computed in fp32, so bf16/fp16 autocast inputs are safe.
+Arithmetic runs in fp32 (fp64 stays fp64) with autocast disabled, so bf16/fp16 inputs are safe.
 """
 
 from __future__ import annotations
 
 import torch
 
+from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, reduce
 from samft.registry import LOSSES
 
 # Added under the square roots of the spectral angle: keeps the gradient finite at a perfect
 # prediction (||a - b|| = 0) while changing the angle by at most ~1e-15 rad.
 _TINY_SQ = 1e-30
-
-
-def _check_pair(pred: torch.Tensor, target: torch.Tensor, loss: str, min_dim: int = 1) -> None:
-    if not isinstance(pred, torch.Tensor) or not isinstance(target, torch.Tensor):
-        raise ValueError(f"{loss}: pred and target must be tensors, got {type(pred).__name__}, {type(target).__name__}.")
-    if pred.shape != target.shape:
-        raise ValueError(
-            f"{loss}: pred {tuple(pred.shape)} and target {tuple(target.shape)} must have the same shape."
-        )
-    if pred.dim() < min_dim:
-        raise ValueError(f"{loss}: expected at least {min_dim} dims [N, C, ...], got shape {tuple(pred.shape)}.")
-
-
-def _reduce(values: torch.Tensor, reduction: str, loss: str) -> torch.Tensor:
-    if reduction == "mean":
-        return values.mean()
-    if reduction == "sum":
-        return values.sum()
-    if reduction == "none":
-        return values
-    raise ValueError(f"{loss}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
 
 
 def _binary_mask(mask: torch.Tensor, pred: torch.Tensor, threshold: float, loss: str) -> torch.Tensor:
@@ -55,7 +35,7 @@ def _binary_mask(mask: torch.Tensor, pred: torch.Tensor, threshold: float, loss:
 
 @LOSSES.register("mse")
 def mse(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
-    """Element-wise squared error ``(pred - target)^2`` in fp32.
+    """Element-wise squared error ``(pred - target)^2``.
 
     Args:
         pred: Predictions (not logits), any shape ``[N, ...]``.
@@ -65,8 +45,11 @@ def mse(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") ->
     Returns:
         Scalar, or ``[N, ...]`` for ``"none"``. An empty tensor gives NaN for ``"mean"`` like torch.
     """
-    _check_pair(pred, target, "mse")
-    return _reduce((pred.float() - target.float()).square(), reduction, "mse")
+    check_pair(pred, target)
+    check_reduction(reduction)
+    dtype = compute_dtype(pred)
+    with fp32_compute(pred.device):
+        return reduce((pred.to(dtype) - target.to(dtype)).square(), reduction)
 
 
 @LOSSES.register("masked_mse")
@@ -89,26 +72,32 @@ def masked_mse(
 
     Returns:
         Dict with ``loss`` (scalar, the only entry with a gradient), ``mse_c0``, ``mse_c1``...
-        (per channel, detached, 0 for a channel without masked pixels), ``coverage`` (masked fraction), ``valid_pixels`` and
-        ``total_pixels`` (counted over ``mask`` as given: spatial pixels for a 1-channel mask).
-        An all-empty mask gives ``loss`` 0 with the graph intact.
+        (per channel, detached, 0 for a channel without masked pixels), ``coverage`` (masked
+        fraction), ``valid_pixels`` and ``total_pixels`` (counted over ``mask`` as given:
+        spatial pixels for a 1-channel mask). An all-empty mask gives ``loss`` 0 with the graph
+        intact.
     """
-    _check_pair(pred, target, "masked_mse", min_dim=2)
+    check_pair(pred, target, min_dim=2)
     if mask is None:
         mask = torch.ones_like(pred[:, :1], dtype=torch.bool)
-    mask_in = mask.unsqueeze(1) if mask.dim() == pred.dim() - 1 else mask
     m = _binary_mask(mask, pred, threshold, "masked_mse")
-    # select before squaring: NaN padding outside the mask then cannot leak into the gradient
-    sq = torch.where(m, pred.float() - target.float(), 0.0).square()
-    reduce_dims = [0, *range(2, pred.dim())]
-    count = m.sum(dim=reduce_dims)
-    per_channel = sq.sum(dim=reduce_dims) / count.clamp_min(1)
-    has = (count > 0).float()
-    loss = (per_channel * has).sum() / has.sum().clamp_min(1)
+    mask_in = mask.unsqueeze(1) if mask.dim() == pred.dim() - 1 else mask
+    dtype = compute_dtype(pred)
+    with fp32_compute(pred.device):
+        # select before squaring: NaN padding outside the mask then cannot leak into the gradient
+        sq = torch.where(m, pred.to(dtype) - target.to(dtype), 0.0).square()
+        reduce_dims = [0, *range(2, pred.dim())]
+        count = m.sum(dim=reduce_dims)
+        per_channel = sq.sum(dim=reduce_dims) / count.clamp_min(1)
+        has = (count > 0).to(dtype)
+        loss = (per_channel * has).sum() / has.sum().clamp_min(1)
     valid = (mask_in.to(pred.device).float() > threshold).sum()
-    total = torch.tensor(mask_in.numel(), device=pred.device)
     out = {"loss": loss, **{f"mse_c{c}": v.detach() for c, v in enumerate(per_channel.unbind())}}
-    out.update(coverage=valid.float() / max(mask_in.numel(), 1), valid_pixels=valid, total_pixels=total)
+    out.update(
+        coverage=valid.float() / max(mask_in.numel(), 1),
+        valid_pixels=valid,
+        total_pixels=torch.tensor(mask_in.numel(), device=pred.device),
+    )
     return out
 
 
@@ -141,27 +130,26 @@ def spectral_angle(
     Returns:
         Scalar in ``[0, pi]`` (or the map). No valid pixel gives 0 with the graph intact.
     """
-    _check_pair(pred, target, "spectral_angle", min_dim=2)
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"spectral_angle: reduction must be 'mean', 'sum' or 'none', got {reduction!r}.")
-    p, t = pred.float(), target.float()
-    t_norm = t.square().sum(1, keepdim=True).sqrt()
-    valid = (t_norm > eps).squeeze(1)
-    if mask is not None:
-        valid = valid & _binary_mask(mask, p, 0.5, "spectral_angle").all(dim=1)
-    # excluded pixels get harmless constants so that no NaN/inf there reaches the gradient
-    keep = valid.unsqueeze(1)
-    p, t = torch.where(keep, p, 1.0), torch.where(keep, t, 1.0)
-    a = p / p.square().sum(1, keepdim=True).add(_TINY_SQ).sqrt().clamp_min(eps)
-    b = t / t.square().sum(1, keepdim=True).sqrt()
-    diff = (a - b).square().sum(1).add(_TINY_SQ).sqrt()
-    summ = (a + b).square().sum(1).add(_TINY_SQ).sqrt()
-    angle = torch.where(valid, 2.0 * torch.atan2(diff, summ), 0.0)
-    if reduction == "none":
-        return angle
-    if reduction == "sum":
-        return angle.sum()
-    return angle.sum() / valid.sum().clamp_min(1)
+    check_pair(pred, target, min_dim=2)
+    check_reduction(reduction)
+    dtype = compute_dtype(pred)
+    with fp32_compute(pred.device):
+        p, t = pred.to(dtype), target.to(dtype)
+        t_norm = t.square().sum(1, keepdim=True).sqrt()
+        valid = (t_norm > eps).squeeze(1)
+        if mask is not None:
+            valid = valid & _binary_mask(mask, p, 0.5, "spectral_angle").all(dim=1)
+        # excluded pixels get harmless constants so that no NaN/inf there reaches the gradient
+        keep = valid.unsqueeze(1)
+        p, t = torch.where(keep, p, 1.0), torch.where(keep, t, 1.0)
+        a = p / p.square().sum(1, keepdim=True).add(_TINY_SQ).sqrt().clamp_min(eps)
+        b = t / t.square().sum(1, keepdim=True).sqrt()
+        diff = (a - b).square().sum(1).add(_TINY_SQ).sqrt()
+        summ = (a + b).square().sum(1).add(_TINY_SQ).sqrt()
+        angle = torch.where(valid, 2.0 * torch.atan2(diff, summ), 0.0)
+        if reduction == "mean":
+            return angle.sum() / valid.sum().clamp_min(1)
+        return reduce(angle, reduction)
 
 
 @LOSSES.register("acb_mse")
@@ -184,10 +172,12 @@ def acb_mse(
     Returns:
         Scalar tensor.
     """
-    _check_pair(pred, target, "acb_mse")
-    p, t = pred.float(), target.float()
-    sq = (p - t).square()
-    zero = t == 0
-    mse_zero = torch.where(zero, sq, 0.0).sum() / zero.sum().clamp_min(1)
-    mse_nonzero = torch.where(zero, 0.0, sq).sum() / (~zero).sum().clamp_min(1)
-    return zero_weight * mse_zero + nonzero_weight * mse_nonzero
+    check_pair(pred, target)
+    dtype = compute_dtype(pred)
+    with fp32_compute(pred.device):
+        p, t = pred.to(dtype), target.to(dtype)
+        zero = t == 0
+        # select before squaring, as in masked_mse, so each class's gradient stays its own
+        mse_zero = torch.where(zero, p - t, 0.0).square().sum() / zero.sum().clamp_min(1)
+        mse_nonzero = torch.where(zero, 0.0, p - t).square().sum() / (~zero).sum().clamp_min(1)
+        return zero_weight * mse_zero + nonzero_weight * mse_nonzero

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from samft.losses import regression as _regression  # noqa: F401 - registers the default base "mse"
-from samft.losses.composite import LossSpec, accepted_extras, resolve_loss
+from samft.losses._common import call_loss, compute_dtype, fp32_compute
+from samft.losses.composite import LossSpec, require_per_element, resolve_loss
 from samft.registry import LOSSES
 
 RULE_INPUTS: dict[str, tuple[str, ...]] = {
@@ -78,12 +79,16 @@ def sample_weights(
                 raise ValueError(f"weighted rule {rule!r} needs the batch extra {key!r} ([N] tensor).")
             value = torch.as_tensor(value).detach().float().reshape(-1)
             if value.numel() != batch_size:
-                raise ValueError(f"weighted rule {rule!r}: {key} has {value.numel()} values for a batch of {batch_size}.")
+                raise ValueError(
+                    f"weighted rule {rule!r}: {key} has {value.numel()} values for a batch of {batch_size}."
+                )
             x[key] = value
         return _rule_weights(rule, x, batch_size, min_snr_gamma, x_max, alpha)
 
 
-def _rule_weights(rule: str, x: dict[str, torch.Tensor], n: int, gamma: float, x_max: float, alpha: float) -> torch.Tensor:
+def _rule_weights(
+    rule: str, x: dict[str, torch.Tensor], n: int, gamma: float, x_max: float, alpha: float
+) -> torch.Tensor:
     if rule == "uniform":
         return torch.ones(n)
     if rule == "sigma_squared":
@@ -136,8 +141,7 @@ class Weighted:
         self.rule, self.normalize = rule, bool(normalize)
         self.constants = {"min_snr_gamma": min_snr_gamma, "x_max": x_max, "alpha": alpha}
         self.base = resolve_loss(base, what="weighted base")
-        if "reduction" not in accepted_extras(self.base, {"reduction": "none"}):
-            raise ValueError(f"weighted: the base loss {self.base!r} must support reduction='none'.")
+        require_per_element(self.base, "weighted")
 
     def __call__(
         self,
@@ -163,19 +167,21 @@ class Weighted:
             Scalar tensor.
         """
         inputs = {"sigma": sigma, "counts": counts, "variance": variance, "p": p, "q": q}
-        per_sample = self._per_sample(pred, target, extras)
-        weights = sample_weights(self.rule, per_sample.shape[0], **self.constants, **inputs)
-        weights = weights.to(per_sample.device)
-        if self.normalize:
-            return (weights * per_sample).sum() / weights.sum().clamp_min(torch.finfo(torch.float32).tiny)
-        return (weights * per_sample).mean()
+        with fp32_compute(pred.device):
+            per_sample = self._per_sample(pred, target, extras)
+            weights = sample_weights(self.rule, per_sample.shape[0], **self.constants, **inputs)
+            weights = weights.to(device=per_sample.device, dtype=per_sample.dtype)
+            if self.normalize:
+                return (weights * per_sample).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+            return (weights * per_sample).mean()
 
     def _per_sample(self, pred: torch.Tensor, target: torch.Tensor, extras: dict[str, Any]) -> torch.Tensor:
-        out = self.base(pred, target, reduction="none", **accepted_extras(self.base, extras))
+        out = call_loss(self.base, pred, target, reduction="none", **extras)
         if not isinstance(out, torch.Tensor) or out.dim() < 1 or out.shape[0] != pred.shape[0]:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ValueError(
                 f"weighted: the base loss must return [N] or [N, ...] with reduction='none' "
                 f"(N = {pred.shape[0]}), got {shape}."
             )
-        return out.float().flatten(1).mean(1) if out.dim() > 1 else out.float()
+        out = out.to(compute_dtype(pred))
+        return out.flatten(1).mean(1) if out.dim() > 1 else out

@@ -70,7 +70,8 @@ def test_registry_build_and_other_base_losses():
         return scale * (pred - target).abs().sum(dim=1)  # returns [N]
 
     weighted = Weighted("inverse_variance", base=per_sample_l1)
-    out = weighted(torch.tensor([[1.0, 1.0], [3.0, 0.0]]), torch.zeros(2, 2), variance=torch.tensor([1.0, 3.0]), scale=2.0)
+    pred, variance = torch.tensor([[1.0, 1.0], [3.0, 0.0]]), torch.tensor([1.0, 3.0])
+    out = weighted(pred, torch.zeros(2, 2), variance=variance, scale=2.0)
     assert out.item() == pytest.approx((4.0 / 1 + 6.0 / 3) / 2)  # the base receives the extra `scale`
 
 
