@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, RegistryError, check_options, did_you_mean
@@ -203,6 +203,7 @@ def _parse_overrides(overrides: list[str] | tuple[str, ...]) -> DictConfig:
 
 def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
     try:
+        _drop_renamed_specs(base, layer)
         return OmegaConf.merge(base, layer)  # type: ignore[return-value]
     except ConfigKeyError as exc:
         raise ConfigError(_unknown_key_message(exc, source)) from None
@@ -212,6 +213,23 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
         ) from None
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Cannot merge {source}: {exc}") from None
+
+
+def _drop_renamed_specs(base: Any, layer: Any) -> None:
+    """A plugin spec whose ``name`` a layer changes starts from scratch: the old plugin's options
+    would not fit the new one. Specs with the same name (or none) are deep-merged as usual."""
+    if not isinstance(base, DictConfig) or not isinstance(layer, DictConfig):
+        return
+    for key in layer.keys():
+        old, new = base.get(key), layer.get(key)
+        if not isinstance(old, DictConfig) or not isinstance(new, DictConfig):
+            continue
+        is_spec = OmegaConf.get_type(old) is dict  # plugin specs are free-form dicts, sections typed
+        if is_spec and "name" in new and "name" in old and new.name != old.name:
+            with open_dict(base):
+                base[key] = {}
+        else:
+            _drop_renamed_specs(old, new)
 
 
 def _unknown_key_message(exc: ConfigKeyError, source: str) -> str:

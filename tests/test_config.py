@@ -47,6 +47,15 @@ def test_inheritance_chain_is_relative_to_each_file(tmp_path):
     assert (cfg.train.steps, cfg.train.seed, cfg.model.name) == (7, 3, "vit_b")
 
 
+def test_renaming_a_plugin_drops_the_old_plugins_options(tmp_path):
+    child = write(tmp_path / "c.yaml", f"base: {CONFIGS / 'sam_ft.yaml'}\nschedule: {{name: cosine, start: 1.0, "
+                  "end: 0.0, total_steps: 100}\n")
+    cfg = load(child)
+    assert dict(cfg.schedule) == {"name": "cosine", "start": 1.0, "end": 0.0, "total_steps": 100}
+    cfg = load(CONFIGS / "sam_ft.yaml", ["schedule.after={name: cosine, start: 1.0, end: 0.0, total_steps: 9}"])
+    assert cfg.schedule.warmup_steps == 250 and "milestones" not in cfg.schedule.after
+
+
 def test_inheritance_loop_is_reported(tmp_path):
     write(tmp_path / "a.yaml", "base: b.yaml\n")
     write(tmp_path / "b.yaml", "base: a.yaml\n")
@@ -83,7 +92,7 @@ def test_wrong_type_names_key_and_value():
 def test_unknown_plugin_and_option_are_rejected_with_suggestions():
     with pytest.raises(ConfigError, match=r"'loss'.*Unknown loss 'dcie'.*Did you mean 'dice'\?"):
         load(CONFIGS / "sam_ft.yaml", ["loss={name: dcie}"])
-    with pytest.raises(ConfigError, match=r"'loss'.*no option 'focal_gama'.*Did you mean 'focal_gamma'\?"):
+    with pytest.raises(ConfigError, match=r"'loss'.*no option 'focal_gama'.*Did you mean 'focal_gamma'"):
         load(CONFIGS / "sam_ft.yaml", ["loss.focal_gama=3"])
 
 
