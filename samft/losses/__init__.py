@@ -5,6 +5,7 @@ objective). ``call_loss`` calls any configured loss with the batch extras it acc
 """
 
 from samft.losses import overlap, pixel, sam
+from samft.losses import boundary, composite, regression, valid_pixel, weighted
 from samft.losses._common import call_loss, per_mask
 
 __all__ = ["call_loss", "per_mask", "overlap", "pixel", "sam"]
