@@ -29,6 +29,11 @@ head depends on (everything after it is head-specific), as the paper prescribes.
 
 Distributed: when ``torch.distributed`` is initialised, ``g`` and ``L`` are averaged across ranks
 before the update, so every rank makes the same update and the weights stay identical.
+
+Mixed precision: the ``g_i`` come from the unscaled fp32 losses (a GradScaler scales only the
+engine's backward). Under bf16 autocast that is fine; under fp16 autocast a very small gradient in
+an fp16 region between the losses and W can underflow to 0, which leaves that term's weight to the
+renormalisation: prefer bf16 with GradNorm.
 """
 
 from __future__ import annotations

@@ -218,3 +218,18 @@ def test_errors_are_clear():
         GradNormWeighting(TERMS, initial_weights={"task0": 0.0})
     with pytest.raises(ValueError, match="initial_weights names 'task9'"):
         GradNormWeighting(TERMS, initial_weights={"task9": 1.0})
+
+
+def test_bf16_autocast_forward_gives_finite_weights():
+    model, x, ys = _toy_step_inputs()
+    strategy = GradNormWeighting(TERMS, shared_param="trunk.4")
+    strategy.bind(model)
+    for step in range(3):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = model(x)
+        losses = {t: nn.functional.mse_loss(o.float(), y) for t, o, y in zip(TERMS, outs, ys)}
+        total, weights = strategy(losses, step)
+        assert total.dtype == torch.float32 and torch.isfinite(total)
+        total.backward()
+    assert torch.isfinite(strategy.weights).all() and not torch.equal(strategy.weights.detach(), torch.ones(4))
+    assert all(v > 0 for v in strategy.last_grad_norms.values())
