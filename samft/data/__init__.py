@@ -1,0 +1,19 @@
+"""SA-1B data: reader, index, augmentations, prompts, distance maps, collate and demo data.
+
+The engine's contract::
+
+    ds = SA1BDataset(root, image_size=1024, max_masks=64, prompt="point_or_box", ...)
+    loader = DataLoader(ds, batch_size=B, collate_fn=collate_masks)
+"""
+
+from samft.data.collate import collate_masks
+from samft.data.errors import BadFile, DataError
+from samft.data.prompts import (
+    append_clicks, pad_prompts, sample_boxes, sample_correction_clicks, sample_points, sample_prompts,
+)
+from samft.data.sa1b import SA1BDataset
+
+__all__ = [
+    "BadFile", "DataError", "SA1BDataset", "append_clicks", "collate_masks", "pad_prompts", "sample_boxes",
+    "sample_correction_clicks", "sample_points", "sample_prompts",
+]

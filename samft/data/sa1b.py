@@ -1,0 +1,423 @@
+"""SA-1B reader: a folder of ``<id>.jpg`` + ``<id>.json`` pairs as SAM training items.
+
+Each read of an item samples up to ``max_masks`` of the image's usable annotations, decodes only
+those (SA-1B has ~100 per image), resizes the image so its longest side is ``image_size``,
+applies the augmentations, pads bottom-right to ``image_size`` squared and samples one prompt
+per mask from the augmented mask. Sampling is deterministic given ``seed``, the epoch
+(:meth:`SA1BDataset.set_epoch`) and the item index, whatever the DataLoader workers do.
+
+Bad files (see :mod:`samft.data.errors`) are skipped and counted, or raised as
+:class:`DataError`, as ``on_error`` says. A skipped item is a small marker dict that
+:func:`samft.data.collate.collate_masks` counts as ``skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import multiprocessing
+import warnings
+from multiprocessing.context import get_spawning_popen
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+from torch.utils.data import Dataset
+
+from samft.data.distance_maps import fast_signed_distance_maps
+from samft.data.errors import BadFile, DataError, check_on_error
+from samft.data.index import load_index, resolve_inside
+from samft.data.prompts import PROMPT_MODES, sample_prompts
+from samft.data.transforms import (
+    apply_augmentation, build_augmentation, pad_bottom_right, resize_image, resize_mask, resized_shape,
+)
+
+log = logging.getLogger("samft.data")
+
+SKIPPED = "skipped"  # key of the marker dict returned for a skipped item
+
+def decode_resized(rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
+    """Decode checked RLEs (see :func:`checked_rle`) one at a time and resize each to ``hw``.
+
+    One at a time keeps memory at one full-resolution mask, not K of them.
+
+    Returns:
+        ``[K, h, w]`` uint8 0/1 masks.
+    """
+    out = np.empty((len(rles),) + tuple(hw), np.uint8)
+    with warnings.catch_warnings():
+        # pycocotools' decode triggers numpy 2's harmless "__array__ ... copy keyword" warning per call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        for k, rle in enumerate(rles):
+            out[k] = resize_mask(mask_utils.decode([rle])[:, :, 0], hw)
+    return out
+
+
+def rle_run_lengths(counts: bytes | str) -> np.ndarray:
+    """Run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``, in numpy).
+
+    Used to check an RLE before pycocotools decodes it: its C decoder writes every run without a
+    bounds check, so runs that add up to more than ``H * W`` would write past the buffer.
+
+    Returns:
+        int64 run lengths (background first).
+    """
+    raw = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8).astype(np.int64)
+    if raw.size == 0:
+        return np.zeros(0, np.int64)
+    values = raw - 48
+    if values.min() < 0 or values.max() > 63:
+        raise ValueError("RLE counts hold characters outside the COCO alphabet")
+    more = (values & 0x20) != 0
+    if more[-1]:
+        raise ValueError("RLE counts end in the middle of a number")
+    ends = np.flatnonzero(~more)
+    starts = np.concatenate([[0], ends[:-1] + 1])
+    number = np.repeat(np.arange(ends.size), ends - starts + 1)
+    shift = 5 * (np.arange(values.size) - starts[number])
+    if shift.max(initial=0) > 55:
+        raise ValueError("RLE counts hold a number too large")
+    x = np.zeros(ends.size, np.int64)
+    np.add.at(x, number, (values & 0x1F) << shift)
+    negative = (values[ends] & 0x10) != 0
+    x = np.where(negative, x | (-1 << (shift[ends] + 5)), x)
+    runs = x.copy()
+    # from the fourth run on, each count is stored as the difference to the count two before it
+    runs[3::2] = runs[1] + np.cumsum(x[3::2])
+    runs[4::2] = runs[2] + np.cumsum(x[4::2])
+    return runs
+
+
+def checked_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """A pycocotools RLE from an SA-1B ``segmentation``, verified against the image size.
+
+    Args:
+        segmentation: ``{"size": [H, W], "counts": str | list[int]}``.
+        height, width: The image's size.
+
+    Returns:
+        ``{"size": [H, W], "counts": bytes}`` safe to decode.
+
+    Raises:
+        ValueError: wrong structure, a size that differs from the image's, or runs that do not
+            cover exactly ``H * W`` pixels.
+    """
+    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
+        raise ValueError("segmentation is not an RLE {'size': [H, W], 'counts': ...}")
+    size = [int(v) for v in segmentation["size"]]
+    if size != [height, width]:
+        raise ValueError(f"RLE size {size[0]}x{size[1]} differs from the image size {height}x{width}")
+    counts = segmentation["counts"]
+    if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd)
+        runs = np.asarray(counts, dtype=np.int64)
+        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
+    else:
+        runs = rle_run_lengths(counts)
+        rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if runs.size and (runs.min() < 0 or int(runs.sum()) != height * width):
+        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, not {height}x{width} = {height * width}")
+    if not runs.size:
+        raise ValueError("RLE counts are empty")
+    return rle
+
+
+def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) -> np.ndarray:
+    """Decode an image, check its size and return it ``[h, w, 3]`` uint8, resized to ``target_hw``.
+
+    JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that is still at least the
+    target size, which makes large images cheaper to read.
+
+    Raises:
+        BadFile: missing, undecodable or truncated file, or a size that differs from the json's.
+    """
+    try:
+        with Image.open(path) as im:
+            if im.size != (width, height):
+                raise BadFile(path, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
+            im.draft("RGB", (target_hw[1], target_hw[0]))
+            array = np.asarray(im.convert("RGB"))
+    except FileNotFoundError:
+        raise BadFile(path, "image file is missing") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        raise BadFile(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+    return resize_image(array, target_hw)
+
+
+class _Shared:
+    """Counters shared by the dataset and its DataLoader workers (epoch, skipped files).
+
+    They are ``multiprocessing.Value`` objects handed to workers when the workers start, so
+    ``set_epoch`` in the main process reaches persistent workers and their skips add up here.
+    Pickled in any other context (e.g. ``copy.deepcopy``) they become plain, private values.
+    """
+
+    def __init__(self, epoch: int = 0, skipped: int = 0) -> None:
+        self.epoch = multiprocessing.Value("q", epoch)
+        self.skipped = multiprocessing.Value("q", skipped)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if get_spawning_popen() is not None:
+            return {"epoch": self.epoch, "skipped": self.skipped}
+        return {"values": (self.epoch.value, self.skipped.value)}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        if "values" in state:
+            self.__init__(*state["values"])
+        else:
+            self.epoch, self.skipped = state["epoch"], state["skipped"]
+
+
+class SA1BDataset(Dataset):
+    """SAM training items from an SA-1B-style folder.
+
+    Args:
+        root: Folder of ``<id>.jpg`` + ``<id>.json`` pairs (SA-1B format).
+        image_size: Side S of the square, padded input (SAM: 1024).
+        max_masks: Masks sampled per image and read (SAM: 64).
+        prompt: ``point``, ``box`` or ``point_or_box``.
+        box_prob: Probability of a box in ``point_or_box`` mode (SAM: 0.5).
+        transforms: None or a list of albumentations specs (see :mod:`samft.data.transforms`).
+        min_area: Drop masks with fewer pixels (original resolution); area <= 0 is always dropped.
+        max_area_frac: Drop masks covering more than this share of the image (SAM: 0.9).
+        min_predicted_iou, min_stability: Drop masks whose ``predicted_iou`` / ``stability_score``
+            is lower (masks without the field are kept).
+        keep_crowd: Keep COCO ``iscrowd`` annotations (dropped by default).
+        on_error: ``skip`` (log, count, leave out) or ``raise`` (:class:`DataError`).
+        with_dist_maps: Serve signed distance maps ``dist_maps [K, S, S]`` (input-frame pixels).
+        dist_map_cache: Folder written by ``tools/precompute_distance_maps.py``; None computes the
+            maps for each item on the fly.
+        dist_clip: Outside distances are clipped at ``dist_clip * S`` pixels (None: no clip).
+        seed: Sampling seed.
+        index_path: Where the dataset index lives (default: see :mod:`samft.data.index`).
+        box_noise, box_max_noise: Box corner noise (SAM: 10% of the side, capped at 20 px).
+
+    Items: see :meth:`__getitem__`.
+    """
+
+    def __init__(self, root: str | Path, *, image_size: int = 1024, max_masks: int = 64,
+                 prompt: str = "point_or_box", box_prob: float = 0.5, transforms: Any = None, min_area: int = 1,
+                 max_area_frac: float = 0.9, min_predicted_iou: float = 0.0, min_stability: float = 0.0,
+                 keep_crowd: bool = False, on_error: str = "skip", with_dist_maps: bool = False,
+                 dist_map_cache: str | Path | None = None, dist_clip: float | None = 0.05, seed: int = 0,
+                 index_path: str | Path | None = None, box_noise: float = 0.1, box_max_noise: float = 20.0) -> None:
+        self._check_settings(image_size, max_masks, prompt, box_prob, max_area_frac, dist_clip)
+        self.root = Path(root)
+        self.image_size, self.max_masks = int(image_size), int(max_masks)
+        self.prompt, self.box_prob = prompt, float(box_prob)
+        self.box_noise, self.box_max_noise = float(box_noise), float(box_max_noise)
+        self.on_error = check_on_error(on_error)
+        self.with_dist_maps, self.dist_clip = bool(with_dist_maps), dist_clip
+        self.augmentation = build_augmentation(transforms)
+        self.seed = int(seed)
+        self.filters = {"min_area": min_area, "max_area_frac": max_area_frac, "min_predicted_iou": min_predicted_iou,
+                        "min_stability": min_stability, "keep_crowd": keep_crowd}
+        self.records, self.index_reused = load_index(self.root, index_path=index_path)
+        self.eligible = [self._eligible(r) for r in self.records]
+        self.dist_cache = None
+        if dist_map_cache is not None and self.with_dist_maps:
+            from samft.data.distance_maps import DistanceMapCache
+
+            self.dist_cache = DistanceMapCache(dist_map_cache, clip=dist_clip)
+        self._shared = _Shared()
+
+    @staticmethod
+    def _check_settings(image_size, max_masks, prompt, box_prob, max_area_frac, dist_clip) -> None:
+        if int(image_size) < 16:
+            raise DataError(f"image_size must be >= 16, got {image_size}.")
+        if int(max_masks) < 1:
+            raise DataError(f"max_masks must be >= 1, got {max_masks}.")
+        if prompt not in PROMPT_MODES:
+            raise DataError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}.")
+        if not 0.0 <= float(box_prob) <= 1.0:
+            raise DataError(f"box_prob must be in [0, 1], got {box_prob}.")
+        if not 0.0 < float(max_area_frac) <= 1.0:
+            raise DataError(f"max_area_frac must be in (0, 1], got {max_area_frac}.")
+        if dist_clip is not None and not float(dist_clip) > 0:
+            raise DataError(f"dist_clip must be > 0 (a share of the image side) or None, got {dist_clip}.")
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the random masks, prompts and augmentations of ``epoch`` (reaches running workers)."""
+        self._shared.epoch.value = int(epoch)
+
+    @property
+    def epoch(self) -> int:
+        return int(self._shared.epoch.value)
+
+    @property
+    def skipped(self) -> int:
+        """Items skipped so far, in this process and its DataLoader workers."""
+        return int(self._shared.skipped.value)
+
+    def _eligible(self, rec: dict[str, Any]) -> np.ndarray:
+        """Positions of the annotations that pass the filters (from the index, no json parsed)."""
+        if rec.get("error") or rec["n"] == 0:
+            return np.zeros(0, np.int64)
+        f = self.filters
+        area = np.asarray(rec["area"], dtype=np.float64)
+        keep = (area > 0) & (area >= f["min_area"]) & (area <= f["max_area_frac"] * rec["height"] * rec["width"])
+        for key, threshold in (("predicted_iou", f["min_predicted_iou"]), ("stability_score", f["min_stability"])):
+            values = np.asarray([np.nan if v is None else v for v in rec[key]], dtype=np.float64)
+            keep &= np.isnan(values) | (values >= threshold)
+        if not f["keep_crowd"]:
+            keep &= ~np.asarray(rec["crowd"], dtype=bool)
+        return np.flatnonzero(keep)
+
+    # -- items ----------------------------------------------------------------------------------
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        """One training item (or a skip marker).
+
+        Returns:
+            ``image`` uint8 ``[3, S, S]``; ``masks`` bool ``[K, S, S]``; ``valid`` bool ``[S, S]``;
+            ``points`` float32 ``[K, P, 2]`` and ``point_labels`` int64 ``[K, P]`` (see
+            :mod:`samft.data.prompts`); ``dist_maps`` float32 ``[K, S, S]`` when enabled; ``meta``
+            with ``image_id``, ``file``, ``original_size`` (H, W), ``input_size`` (h, w) before
+            padding, ``annotation_ids`` and ``point_coords`` (the json's point of each mask,
+            carried through the transforms, float32 ``[K, 2]``). A skipped item is
+            ``{"skipped": {"file", "reason"}, "image_size": S, "with_dist_maps": bool}``.
+        """
+        try:
+            return self._read(index)
+        except BadFile as exc:
+            if self.on_error == "raise" and not getattr(exc, "always_skip", False):
+                raise
+            with self._shared.skipped.get_lock():
+                self._shared.skipped.value += 1
+            log.warning("skipping %s: %s", exc.path, exc.reason)
+            return {SKIPPED: {"file": exc.path, "reason": exc.reason}, "image_size": self.image_size,
+                    "with_dist_maps": self.with_dist_maps}
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, int(index)])
+
+    def _choose(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        rec, eligible = self.records[index], self.eligible[index]
+        if rec.get("error"):
+            raise BadFile(self.root / rec["json"], rec["error"])
+        if rec["n"] == 0:
+            raise BadFile(self.root / rec["json"], "annotation list is empty")
+        if eligible.size == 0:
+            raise BadFile(self.root / rec["json"], f"no usable mask: all {rec['n']} annotations removed by the "
+                          f"filters {self.filters}")
+        k = min(self.max_masks, eligible.size)
+        return np.sort(rng.choice(eligible, size=k, replace=False))
+
+    def _annotations(self, index: int, chosen: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+        rec = self.records[index]
+        json_path = self.root / rec["json"]
+        try:
+            data = json.loads(json_path.read_bytes())
+            anns = data["annotations"]
+            info = data["image"]
+            height, width = int(info["height"]), int(info["width"])
+        except FileNotFoundError:
+            raise BadFile(json_path, "json file is missing") from None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise BadFile(json_path, f"malformed SA-1B json ({type(exc).__name__}: {exc})") from None
+        if len(anns) != rec["n"] or (height, width) != (rec["height"], rec["width"]):
+            raise BadFile(json_path, "json changed after the dataset was created; create the dataset again")
+        try:
+            image_path = resolve_inside(self.root, str(info.get("file_name") or rec["image"]))
+        except DataError as exc:
+            raise BadFile(json_path, str(exc)) from None
+        return info, [anns[int(i)] for i in chosen], image_path
+
+    def _read(self, index: int) -> dict[str, Any]:
+        rng = self._rng(index)
+        chosen = self._choose(index, rng)
+        info, anns, image_path = self._annotations(index, chosen)
+        json_path = self.root / self.records[index]["json"]
+        height, width = int(info["height"]), int(info["width"])
+        rles = []
+        for ann in anns:
+            try:
+                rles.append(checked_rle(ann.get("segmentation"), height, width))
+            except (ValueError, TypeError, AttributeError) as exc:
+                raise BadFile(json_path, f"annotation {ann.get('id')}: {exc}") from None
+        hw = resized_shape(height, width, self.image_size)
+        image = read_image(image_path, height, width, hw)
+        masks = decode_resized(rles, hw)
+        scale = hw[1] / width
+        points = np.asarray([_first_point(a) for a in anns], np.float32).reshape(-1, 2)
+        points = (points + 0.5) * scale - 0.5  # pixel indices: centres scale about the pixel-grid origin
+        no_point = np.isnan(points).any(1)
+        points[no_point] = 0.0  # albumentations rejects NaN; restored below
+        dist = self._cached_dist_maps(json_path, anns, masks, scale, (height, width)) if self._use_cache() else None
+        valid = np.ones(hw, np.uint8)
+        if self.augmentation is not None:
+            out = apply_augmentation(self.augmentation, int(rng.integers(2**31)), image, masks, valid, points, dist)
+            image, masks, valid, points, dist = out["image"], out["masks"], out["valid"], out["keypoints"], out["dist_maps"]
+            image, masks, valid, points, dist = self._fit(image, masks, valid, points, dist)
+        keep = masks.reshape(len(masks), -1).any(1)
+        if not keep.any():
+            exc = BadFile(json_path, "no mask left inside the image after augmentation")
+            exc.always_skip = True  # a random augmentation, not a file problem
+            raise exc
+        points[no_point] = np.nan
+        masks, points, chosen = masks[keep], points[keep], chosen[keep]
+        dist = dist[keep] if dist is not None else None
+        return self._item(index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng)
+
+    def _fit(self, image, masks, valid, points, dist):
+        """After a size-changing augmentation, bring the longest side back to S."""
+        h, w = image.shape[:2]
+        if max(h, w) == self.image_size:
+            return image, masks, valid, points, dist
+        hw = resized_shape(h, w, self.image_size)
+        scale = hw[1] / w
+        image = resize_image(image, hw)
+        masks = np.stack([resize_mask(m, hw) for m in masks]) if len(masks) else np.zeros((0,) + hw, np.uint8)
+        valid = resize_mask(valid, hw)
+        return image, masks, valid, (points + 0.5) * scale - 0.5, None  # maps are recomputed
+
+    def _use_cache(self) -> bool:
+        return self.with_dist_maps and self.dist_cache is not None and (
+            self.augmentation is None or self.augmentation.permutation_only)
+
+    def _cached_dist_maps(self, json_path: Path, anns, masks, scale, original_hw) -> np.ndarray | None:
+        return self.dist_cache.lookup(json_path, [a.get("id") for a in anns], masks, scale, original_hw,
+                                      self.image_size)
+
+    def _item(self, index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng):
+        S = self.image_size
+        h, w = image.shape[:2]
+        if self.with_dist_maps and dist is None:
+            clip = None if self.dist_clip is None else self.dist_clip * S
+            dist = fast_signed_distance_maps(masks, clip)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
+        mask_t = torch.from_numpy(pad_bottom_right(masks, S)).bool()
+        prompt_points, prompt_labels = sample_prompts(
+            mask_t, self.prompt, self.box_prob, generator, image_size=(h, w), noise_std=self.box_noise,
+            max_noise=self.box_max_noise)
+        kept_anns = [a for a, k in zip(anns, keep) if k]
+        inside = (points[:, 0] > -0.5) & (points[:, 1] > -0.5) & (points[:, 0] < w - 0.5) & (points[:, 1] < h - 0.5)
+        item = {
+            "image": torch.from_numpy(pad_bottom_right(np.ascontiguousarray(image.transpose(2, 0, 1)), S)),
+            "masks": mask_t,
+            "valid": torch.from_numpy(pad_bottom_right(valid, S)).bool(),
+            "points": prompt_points,
+            "point_labels": prompt_labels,
+            "meta": {"image_id": info.get("image_id", self.records[index]["image_id"]), "file": str(image_path),
+                     "original_size": (int(info["height"]), int(info["width"])), "input_size": (h, w),
+                     "annotation_ids": [a.get("id") for a in kept_anns],
+                     "point_coords": torch.from_numpy(np.where(inside[:, None], points, np.nan).astype(np.float32))},
+        }
+        if self.with_dist_maps:
+            item["dist_maps"] = torch.from_numpy(pad_bottom_right(dist.astype(np.float32, copy=False), S))
+        return item
+
+
+def _first_point(ann: dict[str, Any]) -> tuple[float, float]:
+    """The json's first ``point_coords`` entry, or NaN when absent or malformed."""
+    try:
+        x, y = ann["point_coords"][0]
+        return float(x), float(y)
+    except (KeyError, IndexError, TypeError, ValueError):
+        return math.nan, math.nan
