@@ -54,7 +54,7 @@ def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
-    examples: list[dict[str, Any]] = field(default_factory=list)  # for overlays: image, gt, pred, prompt
+    examples: list[dict[str, Any]] = field(default_factory=list)  # one mask each: image, gt, pred, prompt
 
 
 @torch.no_grad()
@@ -92,8 +92,7 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
             sums[kind].append(iou.cpu())
             if kind == "point":
                 sums["calib"].append((pred.iou_pred[rows, chosen].float() - iou).abs().cpu())
-                if len(examples) < keep_examples:
-                    examples.append(_example(batch, binary, points, labels))
+                examples += _examples(batch, binary, points, labels, keep_examples - len(examples))
         seen += batch["images"].shape[0]
     model.train(was_training)
     cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in sums.items()}
@@ -125,12 +124,13 @@ def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:
     return {k: (v[keep] if k in per_mask and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _example(batch, binary, points, labels) -> dict[str, Any]:
-    rows = batch["image_index"] == 0
-    return {
-        "image": batch["images"][0].cpu(),
-        "gt": batch["masks"][rows].cpu().bool(),
-        "pred": binary[rows].cpu(),
-        "points": points[rows].cpu(),
-        "point_labels": labels[rows].cpu(),
-    }
+def _examples(batch, binary, points, labels, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` single-mask examples (image, ground truth, prediction, prompt) for overlays."""
+    rows = range(min(max(count, 0), binary.shape[0]))
+    return [{
+        "image": batch["images"][batch["image_index"][i]].cpu(),
+        "gt": batch["masks"][i].cpu().bool(),
+        "pred": binary[i].cpu(),
+        "points": points[i].cpu(),
+        "point_labels": labels[i].cpu(),
+    } for i in rows]

@@ -153,8 +153,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
-        record = {"loss/total": float(total)}
-        record.update({f"loss/{k}": float(v) for k, v in terms.items()})
+        record = {"loss/total": float(total.detach())}
+        record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
         record.update({f"weight/{k}": float(v) for k, v in weights.items()})
         record.update({f"stat/{k}": float(v) for k, v in loss_stats(out).items()})
         record["grad_norm"] = float(grad_norm)
@@ -225,9 +225,10 @@ class Trainer:
                           multimask=self.cfg.prompts.multimask, keep_examples=self.cfg.tracking.overlays)
         metrics = {f"val/{k}": v for k, v in result.metrics.items()}
         tracker.log_metrics(metrics, step=self.step)
-        for i, ex in enumerate(result.examples):
-            tracker.log_overlays(ex["image"][None], ex["gt"][None], ex["pred"][None], ex["points"][None],
-                                 ex["point_labels"][None], step=self.step, tag=f"val{i}")
+        if result.examples:
+            stacked = {k: torch.stack([ex[k] for ex in result.examples]) for k in result.examples[0]}
+            tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
+                                 stacked["point_labels"], step=self.step, tag="val")
         log.info("step %d validation: %s", self.step, metrics)
         return metrics
 

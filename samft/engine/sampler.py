@@ -1,0 +1,59 @@
+"""A resumable, rank-aware sampler: the data position is part of the training state.
+
+``DistributedSampler`` can shard and reshuffle per epoch but cannot start in the middle of one, so
+a resumed run would either repeat or skip data. This sampler draws the epoch's permutation from
+``(seed, epoch)`` alone, shards it over ranks like ``DistributedSampler`` (padding by wrapping so
+every rank gets the same count), and starts at any position within the epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Sampler
+
+
+class ResumableSampler(Sampler[int]):
+    """Indices of one epoch for one rank, from a chosen position on.
+
+    Args:
+        length: Dataset size.
+        seed: Base seed; the permutation of epoch e uses ``seed + e``.
+        shuffle: Permute each epoch (training) or keep the order (validation).
+        rank, world_size: This process's shard.
+    """
+
+    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        if length <= 0:
+            raise ValueError("ResumableSampler needs a non-empty dataset.")
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self.start = 0  # position within this rank's shard
+
+    @property
+    def per_rank(self) -> int:
+        return -(-self.length // self.world_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        """Select the epoch and the position (in samples of this rank) to begin at."""
+        if not 0 <= start <= self.per_rank:
+            raise ValueError(f"start={start} is outside this rank's {self.per_rank} samples.")
+        self.epoch, self.start = epoch, start
+
+    def _shard(self) -> list[int]:
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(self.length, generator=g).tolist()
+        else:
+            order = list(range(self.length))
+        total = self.per_rank * self.world_size
+        order = (order * (total // self.length + 1))[:total]  # wrap so every rank gets per_rank
+        return order[self.rank : total : self.world_size]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._shard()[self.start :])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.start
