@@ -40,6 +40,7 @@ class FolderListing:
 
     jsons: list[os.stat_result]
     names: list[str]
+    images: set[str]
     key: str
 
 
@@ -61,7 +62,7 @@ def list_folder(root: Path) -> FolderListing:
     if not root.is_dir():
         raise DataError(missing_folder_message(root, "is a file, not a folder"))
     digest = hashlib.sha1(f"samft-index-v{INDEX_VERSION}".encode())
-    names, stats = [], []
+    names, stats, images = [], [], set()
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         if entry.name.startswith(".") or not entry.is_file():
             continue
@@ -73,9 +74,11 @@ def list_folder(root: Path) -> FolderListing:
         if is_json:
             names.append(entry.name)
             stats.append(st)
+        else:
+            images.add(entry.name)
     if not names:
         raise DataError(missing_folder_message(root, "holds no <id>.json annotation files"))
-    return FolderListing(stats, names, digest.hexdigest())
+    return FolderListing(stats, names, images, digest.hexdigest())
 
 
 def resolve_inside(root: Path, file_name: str) -> Path:
@@ -190,7 +193,8 @@ def load_index(root: str | Path, *, index_path: str | Path | None = None, worker
     records, todo = [], []
     for name, stamp in stamps.items():
         old = previous.get(name)
-        if old is not None and old.get("stamp") == stamp and old.get("error") is None:
+        if old is not None and old.get("stamp") == stamp and old.get("error") is None and (
+                old["image"] in listing.images or (root / old["image"]).is_file()):
             records.append(old)
         else:
             todo.append(name)
