@@ -31,7 +31,7 @@ IOU_LOSSES = ("mse", "l1", "smooth_l1")
 EMPTY_TARGET = ("zero", "keep")
 # Elements of [masks, outputs, pixels] handled per step: large enough to amortise the per-op
 # overhead, small enough that the step's temporaries stay in cache (tuned on a 2-core CPU).
-CHUNK_ELEMENTS = 1 << 16
+CHUNK_ELEMENTS = 1 << 18
 
 
 def _iou_regression(pred: torch.Tensor, actual: torch.Tensor, kind: str) -> torch.Tensor:
@@ -240,8 +240,8 @@ def _chunks(count: int, elements_per_item: int):
 def _chunk_sums(x, t, w, alpha, gamma, out) -> None:
     """Add one chunk's per-(mask, output) sums into ``out`` ``[5, c, M]``.
 
-    Hard targets make ``1 - p_t = |p - t|`` and ``log p_t = logsigmoid(x (2t - 1))``, so one
-    sigmoid, one exp and one log per element give focal, dice and IoU sums.
+    Hard targets make ``1 - p_t = |p - t|`` and ``log p_t = logsigmoid(x (2t - 1))``, so two
+    sigmoids and one log per element give focal, dice and IoU sums.
     """
     log_pt = _log_sigmoid(x * (2.0 * t - 1.0))
     p = torch.sigmoid(x)
@@ -261,15 +261,16 @@ def _chunk_sums(x, t, w, alpha, gamma, out) -> None:
 
 
 def _log_sigmoid(s: torch.Tensor) -> torch.Tensor:
-    """``log sigmoid(s)`` without overflow: ``min(s, 0) - log(1 + exp(-|s|))``.
+    """``log sigmoid(s)``, finite for any ``s``.
 
-    On CPU, ATen's ``log_sigmoid`` and ``log1p`` run ~10x slower than ``exp`` and ``log``; the
-    composed form is exact to < 1e-7 absolute (``1 + e`` rounds where ``e < 6e-8``), which the
-    focal factor ``(1 - p_t)^gamma`` multiplies by a number of the same size.
+    On CPU, ATen's ``log_sigmoid`` and ``log1p`` run ~10x slower than ``sigmoid`` and ``log``, so
+    this computes ``log(sigmoid(max(s, -80))) + min(s + 80, 0)``: below -80, ``log sigmoid(s) = s``
+    to within e^-80, and above it ``sigmoid`` neither underflows nor loses more than 6e-7 absolute
+    (where ``1 - p_t`` rounds; the focal factor ``(1 - p_t)^gamma`` multiplies that by ~1e-7).
     """
     if s.device.type != "cpu":
         return F.logsigmoid(s)
-    return torch.clamp(s, max=0.0).sub_(s.abs().neg_().exp_().add_(1.0).log_())
+    return torch.sigmoid(s.clamp(min=-80.0)).log_().add_((s + 80.0).clamp_(max=0.0))
 
 
 def _alpha_weight(t: torch.Tensor, w: torch.Tensor | None, alpha: float) -> torch.Tensor:
@@ -312,14 +313,7 @@ def _sam_inputs(logits, target, valid, candidates):
         target = target[:, 0]
     if tuple(target.shape) != (n, h, w):
         raise ValueError(f"target must be [N, H, W] = {(n, h, w)} for logits {tuple(logits.shape)}; got {tuple(target.shape)}.")
-    dtype = compute_dtype(logits)
-    if bool(((target != 0) & (target != 1) & (target >= 0)).any()):
-        raise ValueError("target must hold 0/1 values (and < 0 for ignored pixels); threshold soft masks first.")
-    weight = None
-    if valid is not None or bool((target < 0).any()):
-        target, weight = split_ignore(target, valid, dtype)
-        weight = weight.reshape(n, h * w)
-    target = target.to(dtype).reshape(n, h * w)
+    flat, weight = _binary_target(target.to(compute_dtype(logits)), valid)
     if candidates is None:
         candidates = torch.ones(n, m, dtype=torch.bool, device=logits.device)
     elif tuple(candidates.shape) != (n, m):
@@ -327,7 +321,26 @@ def _sam_inputs(logits, target, valid, candidates):
     candidates = candidates.to(device=logits.device, dtype=torch.bool)
     if n and not bool(candidates.any(1).all()):
         raise ValueError("every mask needs at least one candidate output (a row of candidates is all False).")
-    return target, weight, candidates
+    return flat, weight, candidates
+
+
+def _binary_target(target: torch.Tensor, valid: torch.Tensor | None):
+    """``[N, H, W]`` target -> ``([N, P]`` 0/1 target with ignored pixels 0, ``[N, P]`` weight or None).
+
+    Checked in a few full passes (min/max, then ``sum t (1 - t)``, 0 exactly for 0/1 values)
+    because element-wise comparisons with bool reductions cost more than the loss itself on CPU.
+    """
+    if target.numel() == 0:
+        return target.flatten(1), None
+    low, high = (v.item() for v in torch.aminmax(target))
+    weight = None
+    if valid is not None or low < 0:
+        target, weight = split_ignore(target, valid, target.dtype)
+        weight = weight.flatten(1)
+    target = target.flatten(1)
+    if not (high <= 1 and (target * (1.0 - target)).sum().item() == 0):
+        raise ValueError("target must hold 0/1 values (and < 0 for ignored pixels); threshold soft masks first.")
+    return target, weight
 
 
 @LOSSES.register("sam")

@@ -265,3 +265,25 @@ def test_iou_prediction_empty_union_multi_output_and_no_logit_gradient():
     assert not out.requires_grad
     with pytest.raises(ValueError, match="iou_pred"):
         iou_prediction(logits, target, iou_pred=torch.zeros(2))
+
+
+@pytest.mark.parametrize("chunk", [50, 1000])
+def test_chunking_does_not_change_values_or_gradients(monkeypatch, chunk):
+    import samft.losses.sam as sam_module
+
+    logits, target, iou_pred = make_batch(n=5)
+    ignored = target.clone()
+    ignored[0, :2] = -1.0
+    single = sam(logits, ignored, iou_pred=iou_pred)  # one step holds the whole batch
+    monkeypatch.setattr(sam_module, "CHUNK_ELEMENTS", chunk)  # 1 or 2 masks per step
+    chunked = sam(logits, ignored, iou_pred=iou_pred)
+    assert torch.equal(chunked["selected"], single["selected"])
+    for key in ("loss", "focal", "dice", "iou"):
+        torch.testing.assert_close(chunked[key], single[key], rtol=1e-6, atol=1e-8)
+    for a, b in zip(grads(chunked, logits, iou_pred), grads(single, logits, iou_pred)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-10)
+    ref = reference_sam(logits, target, iou_pred)
+    out = sam(logits, target, iou_pred=iou_pred)
+    torch.testing.assert_close(out["loss"], ref["loss"])
+    for a, b in zip(grads(out, logits, iou_pred), grads(ref, logits, iou_pred)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
