@@ -1,11 +1,24 @@
 """Built-in losses, registered in ``samft.registry.LOSSES`` on import.
 
 One family per module: ``pixel`` (focal, BCE), ``overlap`` (dice, IoU, Lovasz), ``sam`` (SAM's
-objective). ``call_loss`` calls any configured loss with the batch extras it accepts.
+objective), ``boundary`` (distance-map losses), ``regression`` (MSE family), ``valid_pixel``
+(valid-pixel weighting), ``weighted`` (per-sample weights) and ``composite`` (sums of losses).
+``call_loss`` calls any configured loss with the batch extras it accepts; ``per_mask`` averages
+per-pixel values over each mask's valid pixels.
 """
 
-from samft.losses import overlap, pixel, sam
-from samft.losses import boundary, composite, regression, valid_pixel, weighted
+from samft.losses import boundary, composite, overlap, pixel, regression, sam, valid_pixel, weighted
 from samft.losses._common import call_loss, per_mask
 
-__all__ = ["call_loss", "per_mask", "overlap", "pixel", "sam"]
+__all__ = [
+    "boundary",
+    "call_loss",
+    "composite",
+    "overlap",
+    "per_mask",
+    "pixel",
+    "regression",
+    "sam",
+    "valid_pixel",
+    "weighted",
+]
