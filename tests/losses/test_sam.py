@@ -287,3 +287,17 @@ def test_chunking_does_not_change_values_or_gradients(monkeypatch, chunk):
     torch.testing.assert_close(out["loss"], ref["loss"])
     for a, b in zip(grads(out, logits, iou_pred), grads(ref, logits, iou_pred)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_iou_prediction_excludes_ignored_and_padding_pixels():
+    # Output 0 predicts all 4 pixels, 2 are foreground: IoU 1/2, loss (1 - 1/2)^2; output 1 predicts
+    # nothing: IoU 0, loss 1. Ignoring (or padding) the background column makes output 0 exact.
+    logits = torch.ones(1, 2, 2, 2)
+    logits[0, 1] = -1.0  # output 1 predicts nothing -> IoU 0
+    target = torch.tensor([[[1.0, 0.0], [1.0, 0.0]]])
+    iou_pred = torch.ones(1, 2)
+    assert iou_prediction(logits, target, iou_pred=iou_pred, reduction="none").tolist() == [[0.25, 1.0]]
+    ignored = torch.tensor([[[1.0, -1.0], [1.0, -1.0]]])
+    assert iou_prediction(logits, ignored, iou_pred=iou_pred, reduction="none").tolist() == [[0.0, 1.0]]
+    valid = torch.tensor([[[True, False], [True, False]]])
+    assert iou_prediction(logits, target, iou_pred=iou_pred, valid=valid, reduction="none").tolist() == [[0.0, 1.0]]
