@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import multiprocessing
-import warnings
 from multiprocessing.context import get_spawning_popen
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from pycocotools import mask as mask_utils
 from torch.utils.data import Dataset
 
-from samft.data.distance_maps import fast_signed_distance_maps
+from samft.data.distance_maps import DistanceMapCache, fast_signed_distance_maps
 from samft.data.errors import BadFile, DataError, check_on_error
 from samft.data.index import load_index, resolve_inside
 from samft.data.prompts import PROMPT_MODES, sample_prompts
+from samft.data.rle import checked_rle, decode_resized
 from samft.data.transforms import (
     apply_augmentation, build_augmentation, pad_bottom_right, resize_image, resize_mask, resized_shape,
 )
@@ -39,91 +38,6 @@ from samft.data.transforms import (
 log = logging.getLogger("samft.data")
 
 SKIPPED = "skipped"  # key of the marker dict returned for a skipped item
-
-def decode_resized(rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
-    """Decode checked RLEs (see :func:`checked_rle`) one at a time and resize each to ``hw``.
-
-    One at a time keeps memory at one full-resolution mask, not K of them.
-
-    Returns:
-        ``[K, h, w]`` uint8 0/1 masks.
-    """
-    out = np.empty((len(rles),) + tuple(hw), np.uint8)
-    with warnings.catch_warnings():
-        # pycocotools' decode triggers numpy 2's harmless "__array__ ... copy keyword" warning per call
-        warnings.simplefilter("ignore", DeprecationWarning)
-        for k, rle in enumerate(rles):
-            out[k] = resize_mask(mask_utils.decode([rle])[:, :, 0], hw)
-    return out
-
-
-def rle_run_lengths(counts: bytes | str) -> np.ndarray:
-    """Run lengths of a COCO compressed RLE string (pycocotools' ``rleFrString``, in numpy).
-
-    Used to check an RLE before pycocotools decodes it: its C decoder writes every run without a
-    bounds check, so runs that add up to more than ``H * W`` would write past the buffer.
-
-    Returns:
-        int64 run lengths (background first).
-    """
-    raw = np.frombuffer(counts.encode("ascii") if isinstance(counts, str) else counts, np.uint8).astype(np.int64)
-    if raw.size == 0:
-        return np.zeros(0, np.int64)
-    values = raw - 48
-    if values.min() < 0 or values.max() > 63:
-        raise ValueError("RLE counts hold characters outside the COCO alphabet")
-    more = (values & 0x20) != 0
-    if more[-1]:
-        raise ValueError("RLE counts end in the middle of a number")
-    ends = np.flatnonzero(~more)
-    starts = np.concatenate([[0], ends[:-1] + 1])
-    number = np.repeat(np.arange(ends.size), ends - starts + 1)
-    shift = 5 * (np.arange(values.size) - starts[number])
-    if shift.max(initial=0) > 55:
-        raise ValueError("RLE counts hold a number too large")
-    x = np.zeros(ends.size, np.int64)
-    np.add.at(x, number, (values & 0x1F) << shift)
-    negative = (values[ends] & 0x10) != 0
-    x = np.where(negative, x | (-1 << (shift[ends] + 5)), x)
-    runs = x.copy()
-    # from the fourth run on, each count is stored as the difference to the count two before it
-    runs[3::2] = runs[1] + np.cumsum(x[3::2])
-    runs[4::2] = runs[2] + np.cumsum(x[4::2])
-    return runs
-
-
-def checked_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
-    """A pycocotools RLE from an SA-1B ``segmentation``, verified against the image size.
-
-    Args:
-        segmentation: ``{"size": [H, W], "counts": str | list[int]}``.
-        height, width: The image's size.
-
-    Returns:
-        ``{"size": [H, W], "counts": bytes}`` safe to decode.
-
-    Raises:
-        ValueError: wrong structure, a size that differs from the image's, or runs that do not
-            cover exactly ``H * W`` pixels.
-    """
-    if not isinstance(segmentation, dict) or "counts" not in segmentation or "size" not in segmentation:
-        raise ValueError("segmentation is not an RLE {'size': [H, W], 'counts': ...}")
-    size = [int(v) for v in segmentation["size"]]
-    if size != [height, width]:
-        raise ValueError(f"RLE size {size[0]}x{size[1]} differs from the image size {height}x{width}")
-    counts = segmentation["counts"]
-    if isinstance(counts, list):  # uncompressed RLE (COCO iscrowd)
-        runs = np.asarray(counts, dtype=np.int64)
-        rle = mask_utils.frPyObjects({"size": size, "counts": counts}, height, width)
-    else:
-        runs = rle_run_lengths(counts)
-        rle = {"size": size, "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    if runs.size and (runs.min() < 0 or int(runs.sum()) != height * width):
-        raise ValueError(f"RLE runs cover {int(runs.sum())} pixels, not {height}x{width} = {height * width}")
-    if not runs.size:
-        raise ValueError("RLE counts are empty")
-    return rle
-
 
 def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) -> np.ndarray:
     """Decode an image, check its size and return it ``[h, w, 3]`` uint8, resized to ``target_hw``.
@@ -217,11 +131,7 @@ class SA1BDataset(Dataset):
                         "min_stability": min_stability, "keep_crowd": keep_crowd}
         self.records, self.index_reused = load_index(self.root, index_path=index_path)
         self.eligible = [self._eligible(r) for r in self.records]
-        self.dist_cache = None
-        if dist_map_cache is not None and self.with_dist_maps:
-            from samft.data.distance_maps import DistanceMapCache
-
-            self.dist_cache = DistanceMapCache(dist_map_cache, clip=dist_clip)
+        self.dist_cache = DistanceMapCache(dist_map_cache, dist_clip) if dist_map_cache and with_dist_maps else None
         self._shared = _Shared()
 
     @staticmethod
@@ -309,11 +219,12 @@ class SA1BDataset(Dataset):
         k = min(self.max_masks, eligible.size)
         return np.sort(rng.choice(eligible, size=k, replace=False))
 
-    def _annotations(self, index: int, chosen: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]], Path]:
+    def _annotations(self, index: int, chosen: np.ndarray) -> tuple[dict[str, Any], list[dict[str, Any]], Path, bytes]:
         rec = self.records[index]
         json_path = self.root / rec["json"]
         try:
-            data = json.loads(json_path.read_bytes())
+            raw = json_path.read_bytes()
+            data = json.loads(raw)
             anns = data["annotations"]
             info = data["image"]
             height, width = int(info["height"]), int(info["width"])
@@ -327,12 +238,12 @@ class SA1BDataset(Dataset):
             image_path = resolve_inside(self.root, str(info.get("file_name") or rec["image"]))
         except DataError as exc:
             raise BadFile(json_path, str(exc)) from None
-        return info, [anns[int(i)] for i in chosen], image_path
+        return info, [anns[int(i)] for i in chosen], image_path, raw
 
     def _read(self, index: int) -> dict[str, Any]:
         rng = self._rng(index)
         chosen = self._choose(index, rng)
-        info, anns, image_path = self._annotations(index, chosen)
+        info, anns, image_path, raw = self._annotations(index, chosen)
         json_path = self.root / self.records[index]["json"]
         height, width = int(info["height"]), int(info["width"])
         rles = []
@@ -349,7 +260,7 @@ class SA1BDataset(Dataset):
         points = (points + 0.5) * scale - 0.5  # pixel indices: centres scale about the pixel-grid origin
         no_point = np.isnan(points).any(1)
         points[no_point] = 0.0  # albumentations rejects NaN; restored below
-        dist = self._cached_dist_maps(json_path, anns, masks, scale, (height, width)) if self._use_cache() else None
+        dist = self.dist_cache.lookup(raw, chosen, masks, scale, self._out_clip()) if self._use_cache() else None
         valid = np.ones(hw, np.uint8)
         if self.augmentation is not None:
             out = apply_augmentation(self.augmentation, int(rng.integers(2**31)), image, masks, valid, points, dist)
@@ -381,16 +292,14 @@ class SA1BDataset(Dataset):
         return self.with_dist_maps and self.dist_cache is not None and (
             self.augmentation is None or self.augmentation.permutation_only)
 
-    def _cached_dist_maps(self, json_path: Path, anns, masks, scale, original_hw) -> np.ndarray | None:
-        return self.dist_cache.lookup(json_path, [a.get("id") for a in anns], masks, scale, original_hw,
-                                      self.image_size)
+    def _out_clip(self) -> float | None:
+        return None if self.dist_clip is None else self.dist_clip * self.image_size
 
     def _item(self, index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng):
         S = self.image_size
         h, w = image.shape[:2]
         if self.with_dist_maps and dist is None:
-            clip = None if self.dist_clip is None else self.dist_clip * S
-            dist = fast_signed_distance_maps(masks, clip)
+            dist = fast_signed_distance_maps(masks, self._out_clip())
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         mask_t = torch.from_numpy(pad_bottom_right(masks, S)).bool()
         prompt_points, prompt_labels = sample_prompts(
