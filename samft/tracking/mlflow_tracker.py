@@ -223,9 +223,14 @@ class Tracker:
         except TrackingError:
             raise
         except Exception as err:
+            hint = "Check the server's log and that this client's mlflow version matches it."
+            if "403" in str(err):
+                host = urllib.parse.urlparse(uri).netloc
+                hint = (f"MLflow 3 servers reject unknown Host headers: start the server with "
+                        f"--allowed-hosts including {host!r} (docker/compose.yaml does).")
             raise TrackingError(
-                f"MLflow at {uri} refused to start the run: {err}. Training has not started. "
-                f"Check the server's log and that this client's mlflow version matches it."
+                f"MLflow at {uri} refused to start the run: {_short(err)}. Training has not "
+                f"started. {hint}"
             ) from err
         run_id = run.info.run_id
         monitor = None
@@ -423,9 +428,13 @@ class Tracker:
         """Upload one PNG per call: image | ground truth | prediction (IoU) | prompt.
 
         Artifact ``overlays/<tag>/step_<step>.png`` with the first ``tracking.overlays``
-        samples. Shapes and conventions as in :func:`samft.tracking.plots.overlay_figure`:
-        images (B, 3, H, W) or (B, H, W, 3); masks (B, H, W) or (B, 1, H, W), float = logits;
-        points (B, N, 2) xy in image pixels; point_labels (B, N) with 1/0/-1; boxes (B, 4) xyxy.
+        images. Shapes and conventions as in :func:`samft.tracking.plots.overlay_figure`:
+        images (B, 3, H, W) or (B, H, W, 3); masks (B, H, W) or (B, K, H, W) (K prompts per
+        image), float = logits; points (B, N, 2) or (B, K, N, 2) xy in image pixels;
+        point_labels with SAM's 1/0/2/3/-1; boxes (B, 4) or (B, K, 4) xyxy.
+
+        Raises:
+            ValueError: Shapes that do not fit together (names the argument).
         """
         if self._closed or self.settings.overlays == 0:
             return

@@ -67,29 +67,31 @@ def images_hwc(images: Any) -> np.ndarray:
 
 
 def binary_masks(masks: Any, name: str, batch: int, size: tuple[int, int]) -> np.ndarray:
-    """Masks as bool (B, H, W) at the image ``size``.
+    """Masks as bool (B, K, H, W) at the image ``size``.
 
     Args:
-        masks: (B, H', W') or (B, 1, H', W'). bool/integer masks are used as ``> 0``; float masks
-            are taken as logits and thresholded at 0 (SAM's mask threshold). A different
-            resolution (e.g. SAM's 256x256 low-res logits) is resized by nearest neighbour.
+        masks: (B, H', W') (one mask per image) or (B, K, H', W') (K masks per image, e.g. the
+            K prompts of one image). bool/integer masks are used as ``> 0``; float masks are
+            taken as logits and thresholded at 0 (SAM's mask threshold). A different resolution
+            (e.g. SAM's 256x256 low-res logits) is resized by nearest neighbour.
         name: Argument name for error messages.
         batch: Expected B.
         size: Target (H, W).
     """
     arr = to_numpy(masks)
-    if arr.ndim == 4 and arr.shape[1] == 1:
-        arr = arr[:, 0]
-    if arr.ndim != 3 or arr.shape[0] != batch:
+    if arr.ndim == 3:
+        arr = arr[:, None]
+    if arr.ndim != 4 or arr.shape[0] != batch:
         raise ValueError(
-            f"{name} must have shape ({batch}, H, W) or ({batch}, 1, H, W) to match the images; "
-            f"got {arr.shape}. Select one mask per image (e.g. the best of SAM's 3 outputs)."
+            f"{name} must have shape ({batch}, H, W) or ({batch}, K, H, W) to match the {batch} "
+            f"images; got {arr.shape}. Pass one selected mask per prompt (e.g. the best of "
+            f"SAM's 3 outputs), not the candidates."
         )
     binary = arr > 0
-    if binary.shape[1:] != tuple(size):
-        rows = (np.arange(size[0]) * binary.shape[1] // size[0]).clip(0, binary.shape[1] - 1)
-        cols = (np.arange(size[1]) * binary.shape[2] // size[1]).clip(0, binary.shape[2] - 1)
-        binary = binary[:, rows][:, :, cols]
+    if binary.shape[2:] != tuple(size):
+        rows = (np.arange(size[0]) * binary.shape[2] // size[0]).clip(0, binary.shape[2] - 1)
+        cols = (np.arange(size[1]) * binary.shape[3] // size[1]).clip(0, binary.shape[3] - 1)
+        binary = binary[:, :, rows][:, :, :, cols]
     return binary
 
 
@@ -101,9 +103,20 @@ def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     return float(np.logical_and(pred, gt).sum() / union)
 
 
-def _blend(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float]) -> np.ndarray:
+def _mask_colors(count: int, single: tuple[float, float, float]) -> list[Any]:
+    if count == 1:
+        return [np.asarray(single, dtype=np.float32)]
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"]
+    return [np.asarray(palette(i % 10)[:3], dtype=np.float32) for i in range(count)]
+
+
+def _blend(image: np.ndarray, masks: np.ndarray, colors: list[Any]) -> np.ndarray:
+    """Tint each of the K masks (K, H, W) of ``image`` (H, W, 3) with its color."""
     out = image.copy()
-    out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * np.asarray(color, dtype=np.float32)
+    for mask, color in zip(masks, colors):
+        out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * color
     return out
 
 
@@ -117,16 +130,21 @@ def overlay_figure(
     max_rows: int = 4,
     title: str = "",
 ) -> Figure:
-    """One row per sample: image | ground truth | prediction (with IoU) | prompt.
+    """One row per image: image | ground truth | prediction (mean IoU) | prompts.
+
+    With K masks per image, mask k has the same color in the ground-truth and prediction
+    panels and its prompt points are drawn in that color (one mask: green vs magenta).
 
     Args:
         images: (B, 3, H, W) / (B, H, W, 3) / (B, H, W), see :func:`images_hwc`.
-        gt_masks: (B, H, W) or (B, 1, H, W); bool, integer or logits.
-        pred_masks: Same shapes; float values are logits (thresholded at 0).
-        points: (B, N, 2) xy pixel coordinates in the frame of ``images``, or None.
-        point_labels: (B, N); 1 foreground, 0 background, -1 padding (not drawn).
-        boxes: (B, 4) xyxy pixel boxes, or None.
-        max_rows: Samples drawn (the first ``max_rows``).
+        gt_masks: (B, H, W) or (B, K, H, W); bool, integer or logits.
+        pred_masks: Same shape as ``gt_masks``; float values are logits (thresholded at 0).
+        points: xy pixel coordinates in the frame of ``images``: (B, N, 2) for one mask per
+            image, (B, K, 2) or (B, K, N, 2) for K masks; None for no points.
+        point_labels: ``points.shape[:-1]``; SAM's labels: 1 positive, 0 negative, 2/3 box
+            top-left/bottom-right corner, -1 padding (not drawn). None: all positive.
+        boxes: (B, 4) or (B, K, 4) xyxy pixel boxes, or None.
+        max_rows: Images drawn (the first ``max_rows``).
         title: Figure title.
 
     Returns:
@@ -136,24 +154,29 @@ def overlay_figure(
     batch, height, width = imgs.shape[:3]
     gts = binary_masks(gt_masks, "gt_masks", batch, (height, width))
     preds = binary_masks(pred_masks, "pred_masks", batch, (height, width))
-    pts, lbls = _prompt_points(points, point_labels, batch)
-    bxs = None if boxes is None else to_numpy(boxes).reshape(batch, -1, 4)
+    if preds.shape[1] != gts.shape[1]:
+        raise ValueError(f"pred_masks has {preds.shape[1]} masks per image and gt_masks "
+                         f"{gts.shape[1]}; they must match one to one.")
+    count = gts.shape[1]
+    pts, lbls = _prompt_points(points, point_labels, batch, count)
+    bxs = None if boxes is None else to_numpy(boxes).astype(np.float32).reshape(batch, -1, 4)
     rows = max(1, min(max_rows, batch))
     fig = Figure(figsize=(4 * PANEL_INCHES, rows * PANEL_INCHES), dpi=80)
     axes = fig.subplots(rows, 4, squeeze=False)
     for r in range(rows):
-        iou = mask_iou(preds[r], gts[r])
+        iou = float(np.mean([mask_iou(p, g) for p, g in zip(preds[r], gts[r])]))
+        iou_text = f"IoU {iou:.3f}" if count == 1 else f"mIoU {iou:.3f}, {count} masks"
         panels = [
             (imgs[r], "image"),
-            (_blend(imgs[r], gts[r], GT_COLOR), "ground truth"),
-            (_blend(imgs[r], preds[r], PRED_COLOR), f"prediction (IoU {iou:.3f})"),
+            (_blend(imgs[r], gts[r], _mask_colors(count, GT_COLOR)), "ground truth"),
+            (_blend(imgs[r], preds[r], _mask_colors(count, PRED_COLOR)), f"prediction ({iou_text})"),
             (imgs[r], "prompt"),
         ]
         for ax, (panel, label) in zip(axes[r], panels):
             ax.imshow(panel, interpolation="nearest")
             ax.set_title(label, fontsize=9)
             ax.set_axis_off()
-        _draw_prompt(axes[r][3], pts, lbls, bxs, r)
+        _draw_prompt(axes[r][3], pts, lbls, bxs, r, count)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -161,38 +184,49 @@ def overlay_figure(
 
 
 def _prompt_points(
-    points: Any | None, labels: Any | None, batch: int
+    points: Any | None, labels: Any | None, batch: int, count: int
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Points as (B, K, N, 2) and labels as (B, K, N)."""
     if points is None:
         return None, None
-    pts = to_numpy(points).astype(np.float32).reshape(batch, -1, 2)
+    pts = to_numpy(points).astype(np.float32)
+    if pts.ndim == 3 and count > 1 and pts.shape[1] == count:
+        pts = pts[:, :, None]  # (B, K, 2): one point per mask
+    elif pts.ndim == 3:
+        pts = pts[:, None]  # (B, N, 2): all for the single mask
+    if pts.ndim != 4 or pts.shape[0] != batch or pts.shape[-1] != 2:
+        raise ValueError(f"points must be (B, N, 2), (B, K, 2) or (B, K, N, 2) xy coordinates "
+                         f"with B={batch}, K={count}; got {to_numpy(points).shape}.")
     if labels is None:
-        lbls = np.ones(pts.shape[:2], dtype=np.int64)
-    else:
-        lbls = to_numpy(labels).reshape(batch, -1)
-        if lbls.shape != pts.shape[:2]:
-            raise ValueError(
-                f"point_labels must have shape {pts.shape[:2]} to match points {pts.shape}; "
-                f"got {lbls.shape}."
-            )
-    return pts, lbls
+        return pts, np.ones(pts.shape[:3], dtype=np.int64)
+    lbls = to_numpy(labels)
+    if lbls.size != int(np.prod(pts.shape[:3])):
+        raise ValueError(f"point_labels must have one label per point, shape {pts.shape[:3]}; "
+                         f"got {lbls.shape}.")
+    return pts, lbls.reshape(pts.shape[:3])
 
 
-def _draw_prompt(ax: Any, pts: Any, lbls: Any, boxes: Any, row: int) -> None:
+def _draw_prompt(ax: Any, pts: Any, lbls: Any, boxes: Any, row: int, count: int) -> None:
+    fg_colors = _mask_colors(count, (0.2, 1.0, 0.2))
     if pts is not None:
-        fg = pts[row][lbls[row] == 1]
-        bg = pts[row][lbls[row] == 0]
-        ax.scatter(fg[:, 0], fg[:, 1], marker="*", s=160, c="lime", edgecolors="black")
-        ax.scatter(bg[:, 0], bg[:, 1], marker="X", s=110, c="red", edgecolors="black")
+        for k in range(pts.shape[1]):
+            p, lab = pts[row, k], lbls[row, k]
+            color = fg_colors[k % len(fg_colors)]
+            fg, bg = p[lab == 1], p[lab == 0]
+            ax.scatter(fg[:, 0], fg[:, 1], marker="*", s=160, color=color, edgecolors="black")
+            ax.scatter(bg[:, 0], bg[:, 1], marker="X", s=110, color="red", edgecolors="black")
+            corners = p[lab == 2], p[lab == 3]
+            for (x0, y0), (x1, y1) in zip(*corners):
+                ax.add_patch(_rectangle(x0, y0, x1, y1, color))
     if boxes is not None:
         for x0, y0, x1, y1 in boxes[row]:
-            ax.add_patch(_rectangle(x0, y0, x1, y1))
+            ax.add_patch(_rectangle(x0, y0, x1, y1, "yellow"))
 
 
-def _rectangle(x0: float, y0: float, x1: float, y1: float) -> Any:
+def _rectangle(x0: float, y0: float, x1: float, y1: float, color: Any) -> Any:
     from matplotlib.patches import Rectangle
 
-    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="yellow", linewidth=2)
+    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=2)
 
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]

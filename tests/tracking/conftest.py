@@ -80,6 +80,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture
+def unused_port() -> int:
+    """A loopback port nothing listens on (connection refused)."""
+    return free_port()
+
+
 def _server(root: Path) -> Iterator[MlflowServer]:
     pytest.importorskip("mlflow")
     server = MlflowServer(root, free_port())

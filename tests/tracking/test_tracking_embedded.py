@@ -89,7 +89,6 @@ def test_overlays_and_curves_are_uploaded_as_png(project: Path) -> None:
     assert png.startswith(b"\x89PNG")
     curves = sorted(p.name for p in (root / "curves").iterdir())
     assert "loss__dice.png" in curves and "all_metrics.png" in curves
-    assert "system__process_rss_mb.png" in curves  # fallback or built-in: RSS is always known
 
 
 def test_resume_continues_the_same_run(project: Path) -> None:
@@ -186,3 +185,42 @@ def test_flatten_and_params() -> None:
     long_key = next(k for k in params if k.startswith("k"))
     assert len(long_key) == 250
     assert params["sp ace/ok:x"] == "None" and params["bad_"] == "2.5"
+
+
+def test_builtin_system_metrics_when_psutil_is_installed(project: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("psutil", reason="MLflow's system metrics need psutil")
+    import time
+
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=project)
+    assert tracker._monitor is not None
+    deadline = time.monotonic() + 60
+    while tracker._monitor._logging_step < 1 and time.monotonic() < deadline:
+        time.sleep(0.1)  # bounded wait for the monitor thread's first aggregate
+    tracker.log_metrics({"loss": 1.0}, 0)
+    tracker.close()
+    metrics = MlflowClient(tracker.uri).get_run(tracker.run_id).data.metrics
+    assert "system/cpu_utilization_percentage" in metrics
+    assert "system/system_memory_usage_megabytes" in metrics
+    assert "system/process_rss_mb" not in metrics  # the fallback is only for missing psutil
+
+
+def test_fallback_system_metrics_without_psutil(project: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_psutil(name, *args, **kwargs):
+        if name == "psutil":
+            raise ImportError("psutil hidden by the test")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_psutil)
+    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=project)
+    assert tracker._monitor is None
+    tracker.log_metrics({"loss": 1.0}, 0)
+    tracker.close()
+    rss = MlflowClient(tracker.uri).get_run(tracker.run_id).data.metrics["system/process_rss_mb"]
+    assert 10.0 < rss < 1e6  # MiB: a Python process with torch/mlflow loaded

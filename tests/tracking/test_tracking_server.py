@@ -17,8 +17,6 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from samft.tracking import Tracker, TrackingError  # noqa: E402
 from samft.tracking.compare import CompareError, compare_runs, metric_direction  # noqa: E402
 
-from .conftest import free_port  # noqa: E402
-
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"model": {"type": "vit_b"}, "optim": {"lr": 1e-4, "wd": 0.1}, "loss": {"name": "sam"}}
 
@@ -122,8 +120,8 @@ def test_compare_errors_name_the_problem(mlflow_server, capsys) -> None:
     assert "MLflow rejected filter" in capsys.readouterr().err
 
 
-def test_unreachable_server_at_start_is_a_tracking_error(tmp_path: Path) -> None:
-    uri = f"http://127.0.0.1:{free_port()}"
+def test_unreachable_server_at_start_is_a_tracking_error(tmp_path: Path, unused_port: int) -> None:
+    uri = f"http://127.0.0.1:{unused_port}"
     with pytest.raises(TrackingError) as err:
         Tracker.start({"uri": uri}, config={}, project_root=tmp_path)
     message = str(err.value)
