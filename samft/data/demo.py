@@ -48,10 +48,18 @@ def encode_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def inner_point(mask: np.ndarray) -> list[float]:
-    """The pixel of ``mask`` farthest from its boundary as ``[x, y]`` pixel indices (first of ties)."""
-    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    """The pixel of ``mask`` farthest from its boundary as ``[x, y]`` pixel indices (first of ties).
+
+    The image border counts as boundary. Computed on the bounding box padded by one pixel: an
+    inside pixel's nearest background pixel is never farther than that ring.
+    """
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        raise ValueError("inner_point: the mask is empty.")
+    box = mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    dist = ndimage.distance_transform_edt(np.pad(box, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-    return [float(x), float(y)]
+    return [float(x + cols[0]), float(y + rows[0])]
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:

@@ -1,0 +1,155 @@
+"""COCO instances -> SA-1B folders (one ``<id>.jpg`` + ``<id>.json`` per image).
+
+Every segmentation kind COCO uses is converted to SA-1B's compressed RLE: polygons (merged
+into one mask per instance, as ``COCO.annToRLE`` does), uncompressed RLE (``iscrowd``
+regions, list counts) and compressed RLE. ``bbox`` and ``area`` are recomputed from the mask
+(COCO's own come from the polygon and can differ by a fraction of a pixel), ``point_coords``
+is the mask pixel farthest from its boundary, and ``category_id`` / ``iscrowd`` are kept.
+SA-1B's ``predicted_iou`` and ``stability_score`` describe SAM's automatic masks and are left
+out (the reader's quality filters keep masks without them).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from samft.data.demo import inner_point
+from samft.data.errors import DataError
+
+
+def coco_segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
+    """One COCO instance's segmentation as a pycocotools compressed RLE.
+
+    Args:
+        segmentation: Polygons ``[[x0, y0, x1, y1, ...], ...]``, uncompressed RLE
+            ``{"size", "counts": [int, ...]}`` or compressed RLE ``{"size", "counts": str}``.
+        height, width: The image's size.
+
+    Returns:
+        ``{"size": [H, W], "counts": bytes}``.
+
+    Raises:
+        ValueError: an unknown form or an RLE whose size is not the image's.
+    """
+    if isinstance(segmentation, list):
+        polygons = [p for p in segmentation if len(p) >= 6]  # fewer than 3 points has no area
+        if not polygons:
+            return mask_utils.encode(np.zeros((height, width), np.uint8, order="F"))
+        return mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    if isinstance(segmentation, dict) and "counts" in segmentation and "size" in segmentation:
+        if [int(v) for v in segmentation["size"]] != [height, width]:
+            raise ValueError(f"RLE size {segmentation['size']} is not the image size [{height}, {width}]")
+        if isinstance(segmentation["counts"], list):
+            return mask_utils.frPyObjects(segmentation, height, width)
+        counts = segmentation["counts"]
+        return {"size": [height, width], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    raise ValueError(f"unknown segmentation form {type(segmentation).__name__}")
+
+
+def sa1b_annotation(ann: dict[str, Any], rle: dict[str, Any]) -> dict[str, Any]:
+    """The SA-1B annotation of one converted COCO instance (mask-derived bbox, area and point)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools under numpy 2
+        mask = mask_utils.decode([rle])[:, :, 0]
+    height, width = rle["size"]
+    return {
+        "id": ann["id"],
+        "segmentation": {"size": [int(height), int(width)], "counts": rle["counts"].decode("ascii")},
+        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
+        "area": int(mask_utils.area(rle)),
+        "crop_box": [0.0, 0.0, float(width), float(height)],
+        "point_coords": [inner_point(mask.astype(bool))],
+        "category_id": ann.get("category_id"),
+        "iscrowd": int(ann.get("iscrowd", 0)),
+    }
+
+
+def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: str | Path, *,
+                 keep_crowd: bool = False, link: bool = False) -> Counter:
+    """Write an SA-1B folder from COCO instance annotations.
+
+    Args:
+        instances_json: COCO ``instances_*.json``.
+        images_dir: Folder holding the images named by ``file_name``.
+        out_dir: Output folder (created); existing pairs of the same name are replaced.
+        keep_crowd: Also convert ``iscrowd`` regions (marked ``iscrowd: 1``; the reader drops
+            them unless its ``keep_crowd`` is set).
+        link: Hard-link images instead of copying them (falls back to copying).
+
+    Returns:
+        Counts: ``images``, ``annotations`` written; ``crowd_skipped``, ``empty_skipped``
+        (instances without pixels), ``images_without_annotations``, ``missing_images``,
+        ``size_mismatch`` (image file size differs from the json; not written).
+    """
+    instances_json, images_dir, out_dir = Path(instances_json), Path(images_dir), Path(out_dir)
+    try:
+        coco = json.loads(instances_json.read_text())
+        images, annotations = coco["images"], coco["annotations"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{instances_json} is not a readable COCO instances file ({type(exc).__name__}: {exc}).") from None
+    if not images_dir.is_dir():
+        raise DataError(f"COCO images folder {images_dir} does not exist.")
+    by_image: dict[Any, list[dict[str, Any]]] = {}
+    for ann in annotations:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    counts: Counter = Counter()
+    for info in images:
+        converted = _convert_image(info, by_image.get(info["id"], []), images_dir, keep_crowd, counts)
+        if converted is not None:
+            _write(info, converted, images_dir, out_dir, link)
+            counts["images"] += 1
+            counts["annotations"] += len(converted)
+    return counts
+
+
+def _convert_image(info, anns, images_dir: Path, keep_crowd: bool, counts: Counter) -> list[dict[str, Any]] | None:
+    source = images_dir / info["file_name"]
+    height, width = int(info["height"]), int(info["width"])
+    if not source.is_file():
+        counts["missing_images"] += 1
+        return None
+    with Image.open(source) as im:
+        if im.size != (width, height):
+            counts["size_mismatch"] += 1
+            return None
+    out = []
+    for ann in anns:
+        if ann.get("iscrowd", 0) and not keep_crowd:
+            counts["crowd_skipped"] += 1
+            continue
+        rle = coco_segmentation_to_rle(ann["segmentation"], height, width)
+        if int(mask_utils.area(rle)) == 0:
+            counts["empty_skipped"] += 1
+            continue
+        out.append(sa1b_annotation(ann, rle))
+    if not out:
+        counts["images_without_annotations"] += 1
+        return None
+    return out
+
+
+def _write(info, annotations, images_dir: Path, out_dir: Path, link: bool) -> None:
+    stem = Path(info["file_name"]).stem
+    target = out_dir / f"{stem}.jpg"
+    target.unlink(missing_ok=True)
+    source = images_dir / info["file_name"]
+    try:
+        if not link:
+            raise OSError
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+    record = {"image": {"image_id": info["id"], "width": int(info["width"]), "height": int(info["height"]),
+                        "file_name": target.name}, "annotations": annotations}
+    (out_dir / f"{stem}.json").write_text(json.dumps(record))
