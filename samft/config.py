@@ -56,6 +56,10 @@ class PromptConfig:
     mode: str = "point_or_box"  # point | box | point_or_box
     box_prob: float = 0.5  # SAM: point or box with equal probability
     multimask: bool = True  # 3 outputs + min-loss selection for single-point prompts
+    correction_clicks: int = 8  # interactive rounds adding one error-region click each (SAM: 8, SAM 2: 7)
+    extra_rounds: int = 2  # rounds with no new click, only the fed-back mask (SAM: 2)
+    feed_back_mask: bool = True  # previous round's best low-res logits as the mask prompt
+    round_loss: str = "mean"  # mean | sum | last: how the rounds' losses combine
 
 
 @dataclass

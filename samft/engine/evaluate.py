@@ -20,7 +20,7 @@ from segment_anything.modeling import Sam
 from samft.engine.runtime import Runtime
 from samft.engine.step import encode_images, predict, to_device
 from samft.models import best_output, upscale
-from samft.models.forward import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE
+from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
 from samft.registry import METRICS
 
 
@@ -37,18 +37,6 @@ def center_points(masks: torch.Tensor) -> torch.Tensor:
         y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
         points.append((float(x), float(y)))
     return torch.tensor(points, dtype=torch.float32, device=masks.device).view(-1, 1, 2)
-
-
-def tight_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight boxes as corner points ``[N, 2, 2]``: (x0, y0), (x1, y1) in pixel indices."""
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
-    index_h = torch.arange(masks.shape[1], device=masks.device)
-    index_w = torch.arange(masks.shape[2], device=masks.device)
-    y0 = torch.where(rows, index_h, masks.shape[1]).amin(1)
-    y1 = torch.where(rows, index_h, -1).amax(1)
-    x0 = torch.where(cols, index_w, masks.shape[2]).amin(1)
-    x1 = torch.where(cols, index_w, -1).amax(1)
-    return torch.stack([torch.stack([x0, y0], 1), torch.stack([x1, y1], 1)], 1).float()
 
 
 @dataclass
@@ -109,7 +97,8 @@ def _eval_prompts(masks: torch.Tensor):
     n = masks.shape[0]
     yield "point", center_points(masks), torch.full((n, 1), POSITIVE, device=masks.device)
     corners = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=masks.device)
-    yield "box", tight_boxes(masks), corners.expand(n, 2)
+    boxes, _ = tight_boxes(masks)  # masks are non-empty here (see _first_masks)
+    yield "box", boxes.view(n, 2, 2), corners.expand(n, 2)
 
 
 def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:

@@ -20,9 +20,10 @@ from samft.config import to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
 from samft.engine.checkpoint import save_atomic
 from samft.engine.evaluate import evaluate
+from samft.engine.interactive import Rounds, combine_rounds, run_rounds
 from samft.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from samft.engine.runtime import make_runtime, seed_everything
-from samft.engine.step import encode_images, loss_targets, predict, to_device
+from samft.engine.step import encode_images, loss_targets, to_device
 from samft.losses import call_loss
 from samft.models import build_model, freeze, load_weights
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
@@ -72,6 +73,9 @@ class Trainer:
         self.optimizer = build_optimizer(groups, betas=tuple(cfg.optim.betas))
         self.lr_scheduler = build_lr_scheduler(self.optimizer, SCHEDULES.build(cfg.schedule))
         self.scaler = self.runtime.grad_scaler()
+        p = cfg.prompts
+        self.rounds = Rounds(p.correction_clicks, p.extra_rounds, p.feed_back_mask)
+        self.click_generator = torch.Generator(self.runtime.device).manual_seed(cfg.train.seed)
         self.step = 0
         self.nonfinite_in_row = 0
 
@@ -133,13 +137,17 @@ class Trainer:
         batch = to_device(batch, rt.device)
         with rt.autocast():
             embeddings = encode_images(self.model, batch)
-            pred = predict(self.model, embeddings, batch, multimask=cfg.prompts.multimask,
-                           resolution=cfg.train.loss_resolution)
-        targets = loss_targets(batch, pred.logits.shape[-1])
-        num_masks = float(max(pred.logits.shape[0], 1))
-        out = call_loss(self.loss_fn, pred.logits.float(), targets.pop("target"), iou_pred=pred.iou_pred.float(),
-                        candidates=pred.candidates, num_masks=num_masks, step=self.step, **targets)
-        terms = loss_terms(out)
+            predictions = run_rounds(self.model, embeddings, batch, self.rounds, multimask=cfg.prompts.multimask,
+                                     resolution=cfg.train.loss_resolution, generator=self.click_generator)
+        targets = loss_targets(batch, predictions[0].logits.shape[-1])
+        target = targets.pop("target")
+        num_masks = float(max(target.shape[0], 1))
+        per_round = []
+        for pred in predictions:
+            out = call_loss(self.loss_fn, pred.logits.float(), target, iou_pred=pred.iou_pred.float(),
+                            candidates=pred.candidates, num_masks=num_masks, step=self.step, **targets)
+            per_round.append(loss_terms(out))
+        terms = combine_rounds(per_round, cfg.prompts.round_loss)
         total, weights = self.weighting(terms, self.step)
         if not torch.isfinite(total):
             return self._skip_nonfinite(terms)
@@ -157,6 +165,8 @@ class Trainer:
         record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
         record.update({f"weight/{k}": float(v) for k, v in weights.items()})
         record.update({f"stat/{k}": float(v) for k, v in loss_stats(out).items()})
+        for r in sorted({0, len(per_round) - 1}):  # first vs last round: does interaction help?
+            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
         record["grad_norm"] = float(grad_norm)
         record["masks"] = num_masks
         record["skipped_files"] = float(batch.get("skipped", 0))

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE  # one prompt convention
 
 
 def preprocess(model: Sam, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
