@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import warnings
 from pathlib import Path
 
@@ -128,54 +129,72 @@ def test_unreachable_server_at_start_is_a_tracking_error(tmp_path: Path, unused_
     assert uri in message and "Training has not started" in message and "tracking.enabled=false" in message
 
 
-def test_stopped_server_buffers_warns_and_recovers(mlflow_server, tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    server = mlflow_server
+def test_killed_server_buffers_warns_and_reports_losses(doomed_mlflow_server, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    server = doomed_mlflow_server
     cfg = {"uri": server.uri, "experiment": "outage", "system_metrics": False}
     survivor = Tracker.start(cfg, config={"a": 1}, project_root=tmp_path)
     lost = Tracker.start(cfg, config={"a": 2}, project_root=tmp_path)
     survivor.log_metrics({"loss": 1.0}, 0)
     lost.log_metrics({"loss": 1.0}, 0)
-    server.stop()
+    server.stop()  # for good: nothing uses this server afterwards
+
+    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in range(1, 6):
+            survivor.log_metrics({"loss": 1.0 / step}, step)  # returns: buffered
+    outage = [w for w in caught if "failed" in str(w.message)]
+    assert len(outage) == 1  # one warning per outage, not one per step
+    assert "loss (steps 1-3)" in str(outage[0].message) and server.uri in str(outage[0].message)
+    assert len(survivor._buffer) == 5
+
+    # Inside the backoff window a call only buffers: no request, no delay.
+    monkeypatch.setattr(Tracker, "retry_backoff_s", 3600.0)
+    monkeypatch.setattr(Tracker, "max_retry_backoff_s", 3600.0)
+    calls = []
+    real = survivor._client.log_batch
+    monkeypatch.setattr(survivor._client, "log_batch",
+                        lambda *a, **k: (calls.append(1), real(*a, **k)))
+    survivor.log_metrics({"loss": 0.3}, 6)
+    survivor.log_metrics({"loss": 0.2}, 7)
+    assert len(calls) == 1
+
+    lost.log_metrics({"loss": 0.5}, 1)
+    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
+    with warnings.catch_warnings(record=True) as closing:
+        warnings.simplefilter("always")
+        lost.close()
+    assert len(closing) == 1
+    message = str(closing[0].message)
+    assert "Not logged: 1 metric values of loss (steps 1-1)" in message
+    dump = Path(message.split("Unsent metrics are in ")[1].split(" and ")[0])
+    assert [json.loads(line)["step"] for line in dump.read_text().splitlines()] == [1]
+    shutil.rmtree(dump.parent)
+
+
+def test_hung_server_buffers_then_delivers_each_step_once(mlflow_server, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    server = mlflow_server
+    tracker = Tracker.start({"uri": server.uri, "experiment": "hang", "system_metrics": False},
+                            config={}, project_root=tmp_path)
+    tracker.log_metrics({"loss": 1.0}, 0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
+    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
+    server.pause()
     try:
-        monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            for step in range(1, 6):
-                survivor.log_metrics({"loss": 1.0 / step}, step)  # returns: buffered
-        outage = [w for w in caught if "failed" in str(w.message)]
-        assert len(outage) == 1  # one warning per outage, not one per step
-        assert "loss (steps 1-3)" in str(outage[0].message) and server.uri in str(outage[0].message)
-
-        # Inside the backoff window a call only buffers: no request, no delay.
-        monkeypatch.setattr(Tracker, "retry_backoff_s", 3600.0)
-        monkeypatch.setattr(Tracker, "max_retry_backoff_s", 3600.0)
-        calls = []
-        real = survivor._client.log_batch
-        monkeypatch.setattr(survivor._client, "log_batch",
-                            lambda *a, **k: (calls.append(1), real(*a, **k)))
-        survivor.log_metrics({"loss": 0.3}, 6)
-        survivor.log_metrics({"loss": 0.2}, 7)
-        assert len(calls) == 1
-
-        lost.log_metrics({"loss": 0.5}, 1)
-        monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
-        with warnings.catch_warnings(record=True) as closing:
-            warnings.simplefilter("always")
-            lost.close()
-        assert len(closing) == 1
-        message = str(closing[0].message)
-        assert "Not logged: 1 metric values of loss (steps 1-1)" in message
-        dump = Path(message.split("Unsent metrics are in ")[1].split(" and ")[0])
-        assert [json.loads(line)["step"] for line in dump.read_text().splitlines()] == [1]
+        with pytest.warns(RuntimeWarning, match="failed 3 times in a row"):
+            for step in range(1, 5):
+                tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)  # each send times out
     finally:
-        server.start()  # same port and database: the outage is over
-    survivor.log_metrics({"loss": 0.1}, 8)
-    survivor.close()
-    client = MlflowClient(server.uri)
-    steps = [m.step for m in client.get_metric_history(survivor.run_id, "loss")]
-    assert sorted(steps) == list(range(9))
-    assert client.get_run(survivor.run_id).info.status == "FINISHED"
+        server.resume()
+    tracker.log_metrics({"loss": 0.1}, 5)  # the server is back: everything is flushed
+    assert tracker._buffer == []
+    tracker.close()
+    # Timed-out requests may still have been processed after the resume, so the buffer was
+    # sent again: MLflow must end up with each step exactly once.
+    history = MlflowClient(server.uri).get_metric_history(tracker.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(6))
 
 
 def test_http_defaults_bound_a_dead_servers_cost(mlflow_server, tmp_path: Path,
