@@ -3,7 +3,7 @@
 Every metric takes ``(logits_or_masks, target)`` with masks in the last two dimensions
 (``[..., H, W]``, usually ``[N, H, W]``) and returns one value per mask (``[...]``) in fp32.
 A prediction is foreground where it is ``> 0``, which works for logits and for 0/1 or bool
-masks alike; a target is foreground where it is ``> 0.5`` and ignored where it is ``< 0``.
+masks alike; a target is foreground where it is ``> 0.5`` (``mask_iou`` ignores pixels ``< 0``).
 Metrics carry no gradient.
 """
 
