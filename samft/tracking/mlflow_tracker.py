@@ -155,6 +155,7 @@ class Tracker:
         self._next_attempt = 0.0
         self._warned = False
         self._dropped = 0
+        self._rejected = 0
         self._last_error: BaseException | None = None
         self._renamed_keys: set[str] = set()
         self._staging: Path | None = None
@@ -346,12 +347,13 @@ class Tracker:
         try:
             while self._buffer:
                 chunk = self._buffer[: params.MAX_METRICS_PER_BATCH]
-                self._client.log_batch(self.run_id, metrics=chunk)
+                self._send(lambda: self._client.log_batch(self.run_id, metrics=chunk),
+                           f"{len(chunk)} metric values")
                 del self._buffer[: len(chunk)]
             while self._pending_artifacts:
                 path, artifact_path = self._pending_artifacts[0]
                 if path.exists():
-                    self._upload(path, artifact_path)
+                    self._send(lambda: self._upload(path, artifact_path), f"artifact {path}")
                 self._pending_artifacts.pop(0)
         except Exception as err:  # any server/network/store failure: keep the data, go on
             self._on_failure(err)
@@ -361,6 +363,25 @@ class Tracker:
         self._failures = 0
         self._next_attempt = 0.0
         return True
+
+    def _send(self, call: Any, what: str) -> None:
+        """Run one request; a rejection (the data, not the server) is dropped with a warning.
+
+        Retrying data that MLflow refuses (e.g. the run was deleted) would block everything
+        queued behind it, so it is counted as lost instead; other errors propagate.
+        """
+        try:
+            call()
+        except Exception as err:
+            if not _is_rejection(err):
+                raise
+            self._rejected += 1
+            if self._rejected == 1:
+                warnings.warn(f"MLflow at {self.uri} rejected {what} of run {self.run_id} "
+                              f"({_short(err)}); dropped, and so is anything else it rejects.",
+                              RuntimeWarning, stacklevel=5)
+            if what.endswith("metric values"):
+                self._dropped += int(what.split()[0])
 
     def _on_failure(self, err: BaseException) -> None:
         self._failures += 1
@@ -388,7 +409,7 @@ class Tracker:
             names = ", ".join(str(p) for p, _ in self._pending_artifacts[:5])
             parts.append(f"{len(self._pending_artifacts)} artifacts ({names})")
         if self._dropped:
-            parts.append(f"{self._dropped} oldest metric values dropped (buffer full)")
+            parts.append(f"{self._dropped} metric values dropped (buffer full or rejected)")
         return "; ".join(parts) or "nothing"
 
     # -- artifacts ------------------------------------------------------------------------
@@ -557,6 +578,15 @@ def _as_float(key: str, value: Any) -> float:
             f"log_metrics: {key!r} must be a number or a one-element tensor; got "
             f"{type(value).__name__} {value!r:.80}."
         ) from err
+
+
+_REJECTION_CODES = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "BAD_REQUEST",
+                    "INVALID_STATE"}
+
+
+def _is_rejection(err: BaseException) -> bool:
+    """True when MLflow refused the data itself (4xx-type error codes), not a transient failure."""
+    return getattr(err, "error_code", None) in _REJECTION_CODES
 
 
 def _short(err: BaseException | None) -> str:

@@ -224,3 +224,16 @@ def test_fallback_system_metrics_without_psutil(project: Path,
     tracker.close()
     rss = MlflowClient(tracker.uri).get_run(tracker.run_id).data.metrics["system/process_rss_mb"]
     assert 10.0 < rss < 1e6  # MiB: a Python process with torch/mlflow loaded
+
+
+def test_rejected_data_is_dropped_not_retried_forever(project: Path) -> None:
+    tracker = Tracker.start({"experiment": "embedded", "system_metrics": False}, config={},
+                            project_root=project)
+    tracker.log_metrics({"loss": 1.0}, 0)
+    MlflowClient(tracker.uri).delete_run(tracker.run_id)  # someone deletes the run mid-training
+    with pytest.warns(RuntimeWarning, match="rejected 2 metric values"):
+        tracker.log_metrics({"loss": 0.5, "val/iou": 0.2}, 1)
+    assert tracker._buffer == [] and tracker._failures == 0  # nothing blocks later metrics
+    tracker.log_metrics({"loss": 0.4}, 2)
+    with pytest.warns(RuntimeWarning, match="3 metric values dropped"):
+        tracker.close()
