@@ -190,6 +190,60 @@ def write_demo_folder(folder: str | Path, images: int, *, size: tuple[int, int] 
     return written
 
 
+def render_dense_masks(rng: np.random.Generator, width: int, height: int, count: int) -> list[np.ndarray]:
+    """``count`` independent, possibly overlapping masks with SA-1B-like sizes (log-uniform radius
+    from 4 px to 40% of the shorter side): many small parts, some large objects."""
+    side = min(width, height)
+    masks = []
+    while len(masks) < count:
+        canvas = Image.new("L", (width, height), 0)
+        draw = ImageDraw.Draw(canvas)
+        radius = float(np.exp(rng.uniform(np.log(4), np.log(0.4 * side))))
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        if rng.random() < 0.5:
+            ry = radius * rng.uniform(0.4, 1.0)
+            draw.ellipse([cx - radius, cy - ry, cx + radius, cy + ry], fill=1)
+        else:
+            n = int(rng.integers(4, 9))
+            angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
+            radii = radius * rng.uniform(0.5, 1.0, size=n)
+            draw.polygon([(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radii)],
+                         fill=1)
+        mask = np.asarray(canvas, dtype=bool)
+        if mask.any():
+            masks.append(mask)
+    return masks
+
+
+def write_dense_folder(folder: str | Path, images: int, *, size: tuple[int, int] = (1500, 1000),
+                       masks_per_image: int = 100, seed: int = 0) -> list[Path]:
+    """An SA-1B-like folder for benchmarks: large JPEGs with ~100 masks each (see
+    :func:`render_dense_masks`); deterministic, and files already present are kept.
+
+    Returns:
+        The json paths.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    width, height = size
+    paths = []
+    for image_id in range(1, images + 1):
+        stem = f"sa_dense_{width}x{height}_{masks_per_image}_{seed}_{image_id}"
+        path = folder / f"{stem}.json"
+        paths.append(path)
+        if path.is_file() and path.with_suffix(".jpg").is_file():
+            continue
+        rng = np.random.default_rng([seed, image_id, masks_per_image])
+        masks = render_dense_masks(rng, width, height, masks_per_image)
+        image = _background(rng, height, width)
+        for mask, colour in zip(masks, _shape_colours(rng, len(masks))):
+            image[mask] = 0.5 * image[mask] + 0.5 * np.asarray(colour)
+        Image.fromarray(image.astype(np.uint8)).save(path.with_suffix(".jpg"), quality=JPEG_QUALITY)
+        record = demo_record(image_id, f"{stem}.jpg", masks, rng)
+        path.write_text(json.dumps(record))
+    return paths
+
+
 def make_demo_dataset(root: str | Path, *, train_images: int = 18, val_images: int = 6,
                       size: tuple[int, int] = (320, 240), seed: int = 0) -> Path:
     """Write the demo dataset ``root/train`` + ``root/val`` unless it already exists with these settings.

@@ -13,11 +13,11 @@ cannot give a prompt (empty mask, no error left) gets label -1: no prompt rather
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
 PROMPT_MODES = ("point", "box", "point_or_box")
-_CHUNK_PIXELS = 1 << 24  # masks handled per chunk so the int32 cumsum stays under ~64 MB
 
 
 def _check_masks(masks: torch.Tensor, name: str = "masks") -> torch.Tensor:
@@ -37,8 +37,33 @@ def _normal(shape: tuple[int, ...], generator: torch.Generator | None, device: t
     return torch.randn(shape, generator=generator, device=gen_device).to(device)
 
 
+def _row_counts(masks: torch.Tensor) -> torch.Tensor:
+    """Foreground pixels per row, ``[N, H]`` int64. On the CPU (the dataset's hot path) OpenCV's
+    row reduction is ~20x faster than torch's or numpy's sum over bools."""
+    if masks.device.type != "cpu":
+        return masks.sum(2)
+    import cv2
+
+    arrays = masks.numpy().view(np.uint8)
+    out = np.empty(masks.shape[:2], np.int32)
+    for k, mask in enumerate(arrays):
+        if mask.size:
+            out[k] = cv2.reduce(mask, 1, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[:, 0]
+    return torch.from_numpy(out).long()
+
+
+def _any(masks: torch.Tensor, dim: int) -> torch.Tensor:
+    """``masks.any(dim)``; through numpy on the CPU, where it is ~30x faster."""
+    if masks.device.type != "cpu":
+        return masks.any(dim)
+    return torch.from_numpy(masks.numpy().any(axis=dim))
+
+
 def sample_pixels(masks: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """One pixel per mask, uniformly among its foreground pixels.
+
+    Two stages, one full pass over the masks: pick the rank ``r`` of the pixel in row-major
+    order, find its row from the cumulative row counts, then its column within that row.
 
     Args:
         masks: ``[N, H, W]`` bool (non-bool: ``> 0`` is foreground).
@@ -50,20 +75,17 @@ def sample_pixels(masks: torch.Tensor, generator: torch.Generator | None = None)
     """
     masks = _check_masks(masks)
     n, h, w = masks.shape
-    flat = masks.reshape(n, h * w)
-    counts = flat.sum(1)
-    rank = (_uniform(n, generator, masks.device) * counts).long().clamp(max=(counts - 1).clamp(min=0)) + 1
-    index = torch.zeros(n, dtype=torch.long, device=masks.device)
-    step = max(1, _CHUNK_PIXELS // max(h * w, 1))
-    for start in range(0, n, step):
-        part = slice(start, start + step)
-        # the rank-th foreground pixel is the first position where the running count reaches rank
-        cum = flat[part].cumsum(1, dtype=torch.int32)
-        index[part] = torch.searchsorted(cum, rank[part, None].to(torch.int32)).squeeze(1)
+    row_counts = _row_counts(masks)  # [N, H]
+    row_cum = row_counts.cumsum(1)
+    counts = row_cum[:, -1] if h else torch.zeros(n, dtype=torch.long, device=masks.device)
     found = counts > 0
-    index = torch.where(found, index, 0)
-    xy = torch.stack([index % w, index // w], dim=1).float()
-    return xy, found
+    rank = (_uniform(n, generator, masks.device) * counts).long().clamp(max=(counts - 1).clamp(min=0)) + 1
+    row = torch.searchsorted(row_cum, rank[:, None]).squeeze(1).clamp(max=max(h - 1, 0))
+    rank_in_row = rank - (row_cum.gather(1, row[:, None]).squeeze(1) - row_counts.gather(1, row[:, None]).squeeze(1))
+    pixels = masks[torch.arange(n, device=masks.device), row].long().cumsum(1)  # [N, W]
+    col = torch.searchsorted(pixels, rank_in_row[:, None]).squeeze(1).clamp(max=max(w - 1, 0))
+    xy = torch.stack([col, row], dim=1).float()
+    return torch.where(found[:, None], xy, 0.0), found
 
 
 def sample_points(masks: torch.Tensor, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +107,7 @@ def tight_boxes(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Tight boxes ``[N, 4]`` float32 ``(x0, y0, x1, y1)`` as inclusive pixel indices, and ``found [N]``."""
     masks = _check_masks(masks)
     n, h, w = masks.shape
-    rows, cols = masks.any(dim=2), masks.any(dim=1)
+    rows, cols = _any(masks, 2), _any(masks, 1)
     ys = torch.arange(h, device=masks.device)
     xs = torch.arange(w, device=masks.device)
     y0 = torch.where(rows, ys, h).amin(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
+import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
 
@@ -24,7 +25,12 @@ def decode_resized(rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarra
         # pycocotools' decode triggers numpy 2's harmless "__array__ ... copy keyword" warning per call
         warnings.simplefilter("ignore", DeprecationWarning)
         for k, rle in enumerate(rles):
-            out[k] = resize_mask(mask_utils.decode([rle])[:, :, 0], hw)
+            mask = mask_utils.decode([rle])[:, :, 0]  # Fortran order: its transpose is C-contiguous
+            if mask.shape == tuple(hw):
+                out[k] = mask
+            else:
+                # resize in the transposed frame, then one fast OpenCV transpose into place
+                cv2.transpose(resize_mask(mask.T, (hw[1], hw[0])), dst=out[k])
     return out
 
 

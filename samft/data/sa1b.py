@@ -53,7 +53,8 @@ def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) 
             if im.size != (width, height):
                 raise BadFile(path, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
             im.draft("RGB", (target_hw[1], target_hw[0]))
-            array = np.asarray(im.convert("RGB"))
+            im.load()
+            array = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
     except FileNotFoundError:
         raise BadFile(path, "image file is missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
@@ -254,7 +255,7 @@ class SA1BDataset(Dataset):
                 raise BadFile(json_path, f"annotation {ann.get('id')}: {exc}") from None
         hw = resized_shape(height, width, self.image_size)
         image = read_image(image_path, height, width, hw)
-        masks = decode_resized(rles, hw)
+        masks = self._decode_masks(rles, hw)
         scale = hw[1] / width
         points = np.asarray([_first_point(a) for a in anns], np.float32).reshape(-1, 2)
         points = (points + 0.5) * scale - 0.5  # pixel indices: centres scale about the pixel-grid origin
@@ -275,6 +276,10 @@ class SA1BDataset(Dataset):
         masks, points, chosen = masks[keep], points[keep], chosen[keep]
         dist = dist[keep] if dist is not None else None
         return self._item(index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng)
+
+    def _decode_masks(self, rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
+        """``[K, h, w]`` uint8 masks of the sampled annotations (the benchmark's baseline overrides it)."""
+        return decode_resized(rles, hw)
 
     def _fit(self, image, masks, valid, points, dist):
         """After a size-changing augmentation, bring the longest side back to S."""
@@ -301,16 +306,16 @@ class SA1BDataset(Dataset):
         if self.with_dist_maps and dist is None:
             dist = fast_signed_distance_maps(masks, self._out_clip())
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
-        mask_t = torch.from_numpy(pad_bottom_right(masks, S)).bool()
+        mask_t = torch.from_numpy(pad_bottom_right(masks, S).view(np.bool_))  # 0/1 uint8: a free view
         prompt_points, prompt_labels = sample_prompts(
-            mask_t, self.prompt, self.box_prob, generator, image_size=(h, w), noise_std=self.box_noise,
+            mask_t[:, :h, :w], self.prompt, self.box_prob, generator, image_size=(h, w), noise_std=self.box_noise,
             max_noise=self.box_max_noise)
         kept_anns = [a for a, k in zip(anns, keep) if k]
         inside = (points[:, 0] > -0.5) & (points[:, 1] > -0.5) & (points[:, 0] < w - 0.5) & (points[:, 1] < h - 0.5)
         item = {
             "image": torch.from_numpy(pad_bottom_right(np.ascontiguousarray(image.transpose(2, 0, 1)), S)),
             "masks": mask_t,
-            "valid": torch.from_numpy(pad_bottom_right(valid, S)).bool(),
+            "valid": torch.from_numpy(pad_bottom_right(valid, S).view(np.bool_)),
             "points": prompt_points,
             "point_labels": prompt_labels,
             "meta": {"image_id": info.get("image_id", self.records[index]["image_id"]), "file": str(image_path),

@@ -171,13 +171,13 @@ def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 def resize_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     """Resize a 0/1 ``[H, W]`` uint8 mask (C or Fortran order) to ``hw``.
 
-    Area averaging (shrinking) or bilinear (enlarging) followed by rounding: a pixel is foreground
-    when at least half of what it covers is, so masks follow the image's own resampling.
+    Bilinear interpolation then rounding (a pixel is foreground where the interpolated value is
+    at least 0.5, so edges stay where the image's own resampling puts them); below half size,
+    area averaging then rounding instead, so thin parts are not skipped between samples.
     """
     if mask.shape == tuple(hw):
         return np.ascontiguousarray(mask)
-    shrink = hw[0] < mask.shape[0]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    interp = cv2.INTER_AREA if hw[0] < 0.5 * mask.shape[0] else cv2.INTER_LINEAR
     if mask.flags.f_contiguous and not mask.flags.c_contiguous:  # pycocotools decodes in Fortran order
         return cv2.resize(mask.T, (hw[0], hw[1]), interpolation=interp).T
     return cv2.resize(mask, (hw[1], hw[0]), interpolation=interp)

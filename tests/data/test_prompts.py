@@ -30,8 +30,7 @@ def test_points_are_uniform_over_the_mask():
     assert all(880 < v < 1120 for v in counts.values()), counts  # ~ 1000 +- 3.5 sigma
 
 
-def test_points_in_chunks_and_empty_masks(monkeypatch):
-    monkeypatch.setattr(prompts, "_CHUNK_PIXELS", 40)  # one 5x8 mask per chunk
+def test_points_on_empty_masks_and_the_non_cpu_path(monkeypatch):
     masks = torch.zeros(3, 5, 8, dtype=torch.bool)
     masks[0, 4, 7] = True
     masks[2, 1:3, 2:4] = True
@@ -41,6 +40,14 @@ def test_points_in_chunks_and_empty_masks(monkeypatch):
     assert points[1, 0].tolist() == [0.0, 0.0]
     x, y = points[2, 0].long()
     assert masks[2, y, x]
+    # the torch reductions used on accelerators give the same draws as the CPU ones
+    many = torch.rand(6, 9, 11, generator=gen(5)) > 0.6
+    cpu = sample_points(many, gen(7))[0], sample_boxes(many, generator=gen(7))[0]
+    monkeypatch.setattr(prompts, "_row_counts", lambda m: m.sum(2))
+    monkeypatch.setattr(prompts, "_any", lambda m, dim: m.any(dim))
+    assert torch.equal(sample_points(many, gen(7))[0], cpu[0])
+    assert torch.equal(sample_boxes(many, generator=gen(7))[0], cpu[1])
+    assert sample_points(torch.zeros(0, 4, 4, dtype=torch.bool))[0].shape == (0, 1, 2)
 
 
 def test_points_are_reproducible_with_a_generator():
