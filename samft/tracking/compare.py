@@ -26,9 +26,14 @@ from samft.tracking import plots, store
 MISSING = "-"
 # Checked first: "loss/dice" is a loss even though "dice" alone is a quality score.
 _LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "ce", "bce", "time",
-                    "seconds", "sec", "latency", "memory", "mem", "rss", "mb", "gb"}
+                    "seconds", "sec", "latency", "memory", "mem", "rss", "mb", "gb", "skipped",
+                    "nonfinite", "failures"}
 _HIGHER_IS_BETTER = {"iou", "miou", "biou", "acc", "accuracy", "dice", "f1", "precision", "recall",
-                     "ap", "map", "auc", "score", "stability", "psnr", "ssim", "throughput"}
+                     "ap", "map", "auc", "score", "stability", "psnr", "ssim", "throughput", "fps",
+                     "per"}
+# Settings and counts that are logged but have no better end: only their final value is shown.
+_NO_BEST = {"lr", "weight", "weights", "grad", "norm", "num", "count", "masks", "epoch", "step",
+            "scale", "temperature", "alpha"}
 
 
 class CompareError(ValueError):
@@ -75,11 +80,13 @@ class Comparison:
 
 
 def metric_direction(name: str, maximize: Iterable[str] = (), minimize: Iterable[str] = ()) -> str:
-    """"min" or "max": which extreme of ``name`` is best.
+    """"min", "max" or "none": which extreme of ``name`` is best.
 
-    Explicit ``maximize``/``minimize`` lists win; else loss-like words anywhere in the name
-    (loss, error, mse, time, memory, ...) mean "min", quality words (iou, acc, dice, f1, score,
-    ...) mean "max", and anything else defaults to "min".
+    Explicit ``maximize``/``minimize`` lists win. Otherwise, by the words of the name, in
+    this order: loss-like words (loss, error, mse, time, memory, skipped, ...) mean "min";
+    settings and counts (lr, weight, grad norm, num, masks, ...) mean "none" (final value
+    only); quality words (iou, acc, dice, f1, score, ``*_per_s``, ...) mean "max"; anything
+    else is "min".
     """
     if name in set(maximize):
         return "max"
@@ -88,6 +95,8 @@ def metric_direction(name: str, maximize: Iterable[str] = (), minimize: Iterable
     tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
     if tokens & _LOWER_IS_BETTER:
         return "min"
+    if tokens & _NO_BEST:
+        return "none"
     if tokens & _HIGHER_IS_BETTER:
         return "max"
     return "min"
@@ -100,13 +109,16 @@ def differing_params(param_sets: Sequence[dict[str, str]]) -> list[str]:
 
 
 def summarize(steps: Sequence[int], values: Sequence[float], direction: str) -> MetricSummary:
-    """Final value (at the largest step) and best value (ignoring NaN) of one history."""
+    """Final value (at the largest step) and best value (ignoring NaN) of one history.
+
+    ``direction`` "none" gives no best.
+    """
     if not values:
         return MetricSummary(None, None, None)
     order = sorted(range(len(steps)), key=lambda i: steps[i])
     final = values[order[-1]]
     finite = [i for i in order if not math.isnan(values[i])]
-    if not finite:
+    if not finite or direction == "none":
         return MetricSummary(final, None, None)
     pick = min if direction == "min" else max
     best_i = pick(finite, key=lambda i: values[i])
@@ -193,7 +205,8 @@ def _fmt(value: float | None) -> str:
 def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the comparison table: one column per run, one row per field.
 
-    The best run of each metric is marked with ``*``.
+    Each metric has a "final" row and, unless its direction is "none", a "best" row in
+    which the best run is marked with ``*``.
     """
     header = ["", *[run.label for run in comparison.runs]]
     rows = [["status", *[run.status for run in comparison.runs]]]
@@ -205,6 +218,8 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         finite = [b for b in bests if b is not None]
         winner = (min if direction == "min" else max)(finite) if finite else None
         rows.append([f"{key} final", *[_fmt(r.metrics[key].final) for r in comparison.runs]])
+        if direction == "none":
+            continue
         best_cells = []
         for run, best in zip(comparison.runs, bests):
             cell = MISSING if best is None else f"{_fmt(best)} @{run.metrics[key].best_step}"
@@ -283,8 +298,9 @@ def write_report(comparison: Comparison, out_dir: Path) -> dict[str, Path]:
         series = {r.label: r.history[key] for r in comparison.runs if key in r.history}
         if not series:
             continue
-        fig = plots.curves_figure(f"{key} ({comparison.directions[key]} is best)", series,
-                                  ylabel=key)
+        direction = comparison.directions[key]
+        title = key if direction == "none" else f"{key} ({direction} is best)"
+        fig = plots.curves_figure(title, series, ylabel=key)
         name = f"curves/{plots.metric_file_name(key)}"
         written[key] = plots.save_figure(fig, out_dir / name)
         curve_files[key] = name

@@ -176,11 +176,23 @@ def overlay_figure(
             ax.imshow(panel, interpolation="nearest")
             ax.set_title(label, fontsize=9)
             ax.set_axis_off()
+        # Outlines keep small or low-contrast masks visible; the prompt panel shows the
+        # ground truth's outline so that each prompt can be matched to its object.
+        _outline(axes[r][1], gts[r], _mask_colors(count, GT_COLOR))
+        _outline(axes[r][2], preds[r], _mask_colors(count, PRED_COLOR))
+        _outline(axes[r][3], gts[r], ["white"] * count, style="--")
         _draw_prompt(axes[r][3], pts, lbls, bxs, r, count)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def _outline(ax: Any, masks: np.ndarray, colors: list[Any], style: str = "-") -> None:
+    for mask, color in zip(masks, colors):
+        if mask.any() and not mask.all():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=[color],
+                       linewidths=1.2, linestyles=style)
 
 
 def _prompt_points(

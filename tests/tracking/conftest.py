@@ -121,6 +121,7 @@ def _launch(name: str) -> MlflowServer:
     return _EARLY[name]
 
 
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
                                   items: list[pytest.Item]) -> None:
     """Launch the servers right after collection when a selected test needs them, so that

@@ -82,6 +82,7 @@ def test_summarize_final_is_at_the_last_step_and_best_skips_nan() -> None:
     assert summarize([], [], "min") == MetricSummary(None, None, None)
     s = summarize([0], [math.nan], "min")
     assert math.isnan(s.final) and s.best is None
+    assert summarize([0, 1], [2.0, 1.0], "none") == MetricSummary(1.0, None, None)
 
 
 def test_differing_params_counts_missing_keys() -> None:
@@ -106,3 +107,5 @@ def test_table_marks_the_best_run_per_metric() -> None:
     assert by_name["loss best (min)"] == ["0.2 @5", "0.1 @5 *", "0.3 @5"]
     assert by_name["val/iou best (max)"] == ["0.5 @5", "0.7 @5 *", "0.7 @5 *"]  # a tie: both
     assert format_table(cmp).splitlines()[1].startswith("---")
+    cmp.directions["loss"] = "none"
+    assert [r[0] for r in table_rows(cmp)[1] if r[0].startswith("loss")] == ["loss final"]

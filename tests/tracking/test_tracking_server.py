@@ -213,12 +213,15 @@ def test_http_defaults_bound_a_dead_servers_cost(mlflow_server, tmp_path: Path,
 
 @pytest.mark.parametrize(("name", "direction"), [
     ("loss/total", "min"), ("loss/dice", "min"), ("val/dice", "max"), ("val/iou", "max"),
-    ("val/boundary_iou", "max"), ("iou_loss", "min"), ("images_per_s", "min"),
-    ("system/process_rss_mb", "min"), ("val/stability", "max")])
+    ("val/boundary_iou", "max"), ("iou_loss", "min"), ("images_per_s", "max"),
+    ("system/process_rss_mb", "min"), ("val/stability", "max"), ("lr/encoder", "none"),
+    ("weight/dice", "none"), ("grad_norm", "none"), ("val/num_masks", "none"),
+    ("skipped_files", "min"), ("something_new", "min")])
 def test_metric_direction_by_name(name: str, direction: str) -> None:
     assert metric_direction(name) == direction
 
 
 def test_metric_direction_override() -> None:
-    assert metric_direction("images_per_s", maximize=["images_per_s"]) == "max"
+    assert metric_direction("something_new", maximize=["something_new"]) == "max"
     assert metric_direction("val/iou", minimize=["val/iou"]) == "min"
+    assert metric_direction("lr/encoder", minimize=["lr/encoder"]) == "min"
