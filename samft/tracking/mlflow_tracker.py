@@ -211,28 +211,8 @@ class Tracker:
         from mlflow.tracking import MlflowClient
 
         client = MlflowClient(tracking_uri=uri)
-        try:
-            experiment_id = _experiment_id(client, settings.experiment, uri)
-            if resume_run_id:
-                run = _resumed_run(client, resume_run_id, uri)
-                experiment_id = run.info.experiment_id
-                history = _server_history(client, run)
-            else:
-                run_tags = _run_tags(Path(project_root), tags)
-                run = client.create_run(experiment_id, tags=run_tags, run_name=settings.run_name)
-                history = {}
-        except TrackingError:
-            raise
-        except Exception as err:
-            hint = "Check the server's log and that this client's mlflow version matches it."
-            if "403" in str(err):
-                host = urllib.parse.urlparse(uri).netloc
-                hint = (f"MLflow 3 servers reject unknown Host headers: start the server with "
-                        f"--allowed-hosts including {host!r} (docker/compose.yaml does).")
-            raise TrackingError(
-                f"MLflow at {uri} refused to start the run: {_short(err)}. Training has not "
-                f"started. {hint}"
-            ) from err
+        run, experiment_id, history = _open_run(client, settings, uri, Path(project_root),
+                                                resume_run_id, tags)
         run_id = run.info.run_id
         monitor = None
         if settings.system_metrics:
@@ -592,6 +572,35 @@ def _is_rejection(err: BaseException) -> bool:
 def _short(err: BaseException | None) -> str:
     text = f"{type(err).__name__}: {err}" if err is not None else "no error recorded"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _open_run(client: Any, settings: TrackingSettings, uri: str, project_root: Path,
+              resume_run_id: str | None, tags: Mapping[str, str] | None) -> tuple[Any, str, dict]:
+    """Create (or fetch, to resume) the run; any failure is a :class:`TrackingError`.
+
+    Returns:
+        (run, experiment id, metric history already on the server).
+    """
+    try:
+        experiment_id = _experiment_id(client, settings.experiment, uri)
+        if resume_run_id:
+            run = _resumed_run(client, resume_run_id, uri)
+            return run, run.info.experiment_id, _server_history(client, run)
+        run = client.create_run(experiment_id, tags=_run_tags(project_root, tags),
+                                run_name=settings.run_name)
+        return run, experiment_id, {}
+    except TrackingError:
+        raise
+    except Exception as err:
+        hint = "Check the server's log and that this client's mlflow version matches it."
+        if "403" in str(err):
+            host = urllib.parse.urlparse(uri).netloc
+            hint = (f"MLflow 3 servers reject unknown Host headers: start the server with "
+                    f"--allowed-hosts including {host!r} (docker/compose.yaml does).")
+        raise TrackingError(
+            f"MLflow at {uri} refused to start the run: {_short(err)}. Training has not "
+            f"started. {hint}"
+        ) from err
 
 
 def _experiment_id(client: Any, name: str, uri: str) -> str:

@@ -225,3 +225,20 @@ def test_metric_direction_override() -> None:
     assert metric_direction("something_new", maximize=["something_new"]) == "max"
     assert metric_direction("val/iou", minimize=["val/iou"]) == "min"
     assert metric_direction("lr/encoder", minimize=["lr/encoder"]) == "min"
+
+
+def test_server_refusing_the_host_name_is_a_tracking_error_with_the_fix(mlflow_server,
+                                                                         tmp_path: Path) -> None:
+    import socket
+
+    name = socket.gethostname()
+    try:
+        address = socket.gethostbyname(name)
+    except OSError:
+        address = ""
+    if not address.startswith("127.") or name in ("localhost",):
+        pytest.skip(f"host name {name!r} does not resolve to a loopback address here")
+    uri = f"http://{name}:{mlflow_server.port}"  # not in the server's default --allowed-hosts
+    with pytest.raises(TrackingError, match="--allowed-hosts including") as err:
+        Tracker.start({"uri": uri}, config={}, project_root=tmp_path)
+    assert uri in str(err.value)
