@@ -199,7 +199,7 @@ class DistanceMapCache:
 
     def compute(self, json_bytes: bytes) -> dict[str, np.ndarray]:
         """The arrays stored for one annotation json (every annotation, whatever the filters)."""
-        from samft.data.rle import checked_rle, decode_resized
+        from samft.data.rle import checked_rle, decode_rle
 
         data = json.loads(json_bytes)
         height, width = int(data["image"]["height"]), int(data["image"]["width"])
@@ -213,13 +213,15 @@ class DistanceMapCache:
             except (ValueError, TypeError, AttributeError):
                 boxes[k, 2] = 2
                 continue
-            mask = decode_resized([rle], (height, width))[0]
-            crop = signed_distance_crop(mask, clip_px)
-            if crop is None or mask.all():
+            # pycocotools decodes in Fortran order: work on the C-contiguous transpose (the map of
+            # a transposed mask is the transposed map) and transpose the small crop back
+            mask_t = decode_rle(rle).T
+            crop = signed_distance_crop(mask_t, clip_px)
+            if crop is None or mask_t.all():
                 boxes[k, 2] = 1
                 continue
-            arrays[f"m{k}"] = crop[0].astype(np.float16)
-            boxes[k, :2] = crop[1]
+            arrays[f"m{k}"] = np.ascontiguousarray(crop[0].T, dtype=np.float16)
+            boxes[k, :2] = crop[1][::-1]
         arrays["boxes"] = boxes
         arrays["clip_px"] = np.float64(np.inf if clip_px is None else clip_px)
         arrays["shape"] = np.array([height, width], np.int64)

@@ -12,6 +12,13 @@ from pycocotools import mask as mask_utils
 from samft.data.transforms import resize_mask
 
 
+def decode_rle(rle: dict[str, Any]) -> np.ndarray:
+    """Decode one checked RLE (see :func:`checked_rle`) to a ``[H, W]`` uint8 0/1 mask in Fortran order."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # pycocotools under numpy 2, once per call
+        return mask_utils.decode([rle])[:, :, 0]
+
+
 def decode_resized(rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
     """Decode checked RLEs (see :func:`checked_rle`) one at a time and resize each to ``hw``.
 
