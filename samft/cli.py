@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -25,9 +26,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (ConfigError, DataError, CheckpointError, RegistryError, TrackingError, TrainingError)
 
 
+def is_main_process() -> bool:
+    """False on the non-zero ranks of a torchrun job, which stay quiet."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def run_cli(main, argv: list[str]) -> int:
     """Run ``main(argv)``; user errors print ``error: ...`` and return exit code 2."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return main(argv)
     except user_errors() as exc:
@@ -49,6 +56,13 @@ def _train(argv: list[str]) -> int:
 
     cfg = load(argv[0], argv[1:])
     result = Trainer(cfg, project_root=Path.cwd()).fit()
+    if not is_main_process():
+        return 0
+    if result.stopped_by:
+        print(f"\nStopped by {result.stopped_by} at step {result.steps}; checkpoint {result.checkpoint}. "
+              f"Resume with: python tools/train.py {' '.join(argv)} train.resume=auto "
+              f"train.run_name={result.run_dir.name}")
+        return 128 + int(getattr(signal, result.stopped_by))
     print(f"\nTrained {result.steps} steps. Run folder: {result.run_dir}")
     print(f"Checkpoint: {result.checkpoint}")
     if result.val_metrics:

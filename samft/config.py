@@ -80,6 +80,7 @@ class TrainConfig:
     loss_resolution: str = "low_res"  # low_res (256 for 1024 inputs) | input (logits upsampled)
     output_dir: str = "outputs"
     run_name: Optional[str] = None  # folder under output_dir; None = a timestamp
+    resume: Optional[str] = None  # None | auto (latest checkpoint of this run) | a checkpoint path
     val_every: int = 1000
     checkpoint_every: int = 1000
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row (each is skipped)
@@ -91,6 +92,8 @@ class EvalConfig:
     max_images: int = 50
     max_masks: int = 16  # per image
     seed: int = 1234
+    best_metric: str = "val/miou_point"  # checkpoints/best.pt keeps the best value of this metric
+    best_mode: str = "max"  # max | min
 
 
 @dataclass

@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from samft.models import CheckpointError
+
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` with ``torch.save`` to a temp file in the same folder, fsync, then rename.
@@ -34,3 +36,28 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a samft training checkpoint (tensors and plain containers only: ``weights_only=True``)."""
     return torch.load(Path(path), map_location="cpu", weights_only=True)
+
+
+def find_resume_checkpoint(resume: str | None, folder: str | Path, *, search_runs: bool = False) -> Path | None:
+    """The checkpoint ``train.resume`` points to.
+
+    Args:
+        resume: None (start fresh), ``"auto"`` (the run's ``last.pt`` if there is one) or a path.
+        folder: The run's checkpoint folder; with ``search_runs`` the output folder holding runs,
+            of which the most recently written ``*/checkpoints/last.pt`` is taken.
+
+    Raises:
+        CheckpointError: an explicit path that does not exist.
+    """
+    if resume is None:
+        return None
+    if resume != "auto":
+        path = Path(resume).expanduser()
+        if not path.is_file():
+            raise CheckpointError(f"train.resume={resume}: no such checkpoint. Use train.resume=auto or the path "
+                                  "of an existing checkpoints/last.pt.")
+        return path
+    folder = Path(folder)
+    candidates = folder.glob("*/checkpoints/last.pt") if search_runs else folder.glob("last.pt")
+    existing = sorted(candidates, key=lambda p: p.stat().st_mtime)
+    return existing[-1] if existing else None

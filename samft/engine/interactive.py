@@ -19,9 +19,10 @@ from typing import Any
 
 import torch
 from segment_anything.modeling import Sam
+from torch import nn
 
 from samft.data.prompts import append_clicks, sample_correction_clicks
-from samft.engine.step import Prediction, predict
+from samft.engine.step import Prediction, encode_images, predict
 from samft.models import best_output, upscale
 
 ROUND_LOSSES = ("mean", "sum", "last")
@@ -38,6 +39,27 @@ class Rounds:
     @property
     def total(self) -> int:
         return 1 + self.correction_clicks + self.extra_rounds
+
+
+class InteractiveForward(nn.Module):
+    """A training step's whole forward (image encoder once, then every round) as one module call,
+    so that DistributedDataParallel sees exactly one forward per backward.
+
+    Args:
+        sam: The model; its submodules are called directly (``Sam.forward`` is no-grad).
+        rounds: Interactive rounds per step.
+        multimask: SAM's 3-output min-loss selection for single-click prompts.
+        resolution: ``low_res`` or ``input`` (see :func:`samft.engine.step.predict`).
+    """
+
+    def __init__(self, sam: Sam, rounds: Rounds, *, multimask: bool, resolution: str) -> None:
+        super().__init__()
+        self.sam, self.rounds, self.multimask, self.resolution = sam, rounds, multimask, resolution
+
+    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> list[Prediction]:
+        embeddings = encode_images(self.sam, batch)
+        return run_rounds(self.sam, embeddings, batch, self.rounds, multimask=self.multimask,
+                          resolution=self.resolution, generator=generator)
 
 
 def run_rounds(model: Sam, embeddings: torch.Tensor, batch: dict[str, Any], rounds: Rounds, *,

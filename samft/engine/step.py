@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +11,10 @@ from segment_anything.modeling import Sam
 from samft.models import decode_masks, output_candidates, preprocess, upscale
 
 
-@dataclass
-class Prediction:
-    """Decoder outputs for N mask prompts; ``logits`` at the loss resolution."""
+class Prediction(NamedTuple):
+    """Decoder outputs for N mask prompts; ``logits`` at the loss resolution.
+
+    A NamedTuple so that DistributedDataParallel finds its tensors in the forward's output."""
 
     logits: torch.Tensor  # [N, 4, R, R]
     iou_pred: torch.Tensor  # [N, 4]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -12,18 +13,23 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from samft import __version__
 from samft.config import to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
-from samft.engine.checkpoint import save_atomic
+from samft.engine import distributed as dist
+from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
 from samft.engine.evaluate import evaluate
-from samft.engine.interactive import Rounds, combine_rounds, run_rounds
+from samft.engine.interactive import InteractiveForward, Rounds, combine_rounds
 from samft.engine.optim import build_lr_scheduler, build_optimizer, param_groups
+from samft.engine.rng import get_rng_state, set_rng_state
 from samft.engine.runtime import make_runtime, seed_everything
-from samft.engine.step import encode_images, loss_targets, to_device
+from samft.engine.sampler import ResumableSampler
+from samft.engine.signals import StopSignals
+from samft.engine.step import loss_targets, to_device
 from samft.losses import call_loss
 from samft.models import build_model, freeze, load_weights
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
@@ -45,6 +51,7 @@ class FitResult:
     checkpoint: Path
     run_id: str | None
     ui_hint: str
+    stopped_by: str | None = None  # signal name when preempted, else None
 
 
 class Trainer:
@@ -52,16 +59,21 @@ class Trainer:
 
     Args:
         cfg: A config from :func:`samft.config.load`.
-        project_root: Folder holding the embedded MLflow store and relative output paths.
+        project_root: Folder holding the embedded MLflow store and relative paths.
     """
 
-    def __init__(self, cfg: DictConfig, project_root: Path | None = None) -> None:
+    def __init__(self, cfg: DictConfig, project_root: Path | str | None = None) -> None:
         self.cfg = cfg
         self.root = Path(project_root or Path.cwd())
-        self.runtime = make_runtime(cfg.train.device, cfg.train.precision)
+        self.dist = dist.from_env()
+        runtime = make_runtime(cfg.train.device, cfg.train.precision)
+        self.runtime = type(runtime)(dist.init(runtime.device, self.dist), runtime.precision)
         seed_everything(cfg.train.seed)
+        self.run_dir = self._run_dir()
         self.train_set = self._dataset(cfg.data.train, seed=cfg.train.seed)
-        self.val_set = self._dataset(cfg.data.val, seed=cfg.eval.seed, prompt="point") if cfg.data.val else None
+        self.val_set = self._dataset(cfg.data.val, seed=cfg.eval.seed, train=False) if cfg.data.val else None
+        self.sampler = ResumableSampler(len(self.train_set), seed=cfg.train.seed, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
         self.model = self._model()
         self.loss_fn = LOSSES.build(cfg.loss)
         self.terms = self._probe_terms()
@@ -74,19 +86,26 @@ class Trainer:
         self.lr_scheduler = build_lr_scheduler(self.optimizer, SCHEDULES.build(cfg.schedule))
         self.scaler = self.runtime.grad_scaler()
         p = cfg.prompts
-        self.rounds = Rounds(p.correction_clicks, p.extra_rounds, p.feed_back_mask)
-        self.click_generator = torch.Generator(self.runtime.device).manual_seed(cfg.train.seed)
-        self.step = 0
+        rounds = Rounds(p.correction_clicks, p.extra_rounds, p.feed_back_mask)
+        self.forward = self._wrap(InteractiveForward(self.model, rounds, multimask=p.multimask,
+                                                     resolution=cfg.train.loss_resolution), rounds)
+        self.click_generator = torch.Generator(self.runtime.device).manual_seed(cfg.train.seed + self.dist.rank)
+        self.step = self.epoch = self.position = 0  # position: batches drawn in the current epoch
+        self.epoch_sums: dict[str, float] = {}  # per-term loss sums of the epoch, for weighting.epoch_end
+        self.epoch_steps = 0
         self.nonfinite_in_row = 0
+        self.run_id: str | None = None
+        self.best: float | None = None
 
     # -- building ---------------------------------------------------------------------------
-    def _dataset(self, root: str, *, seed: int, prompt: str | None = None) -> SA1BDataset:
+    def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
         d, p = self.cfg.data, self.cfg.prompts
         return SA1BDataset(
             self.root / root, image_size=self.cfg.model.image_size, max_masks=d.max_masks,
-            prompt=prompt or p.mode, box_prob=p.box_prob, transforms=list(d.augment) if prompt is None else None,
-            min_area=d.min_area, max_area_frac=d.max_area_frac, min_predicted_iou=d.min_predicted_iou,
-            min_stability=d.min_stability, on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed,
+            prompt=p.mode if train else "point", box_prob=p.box_prob,
+            transforms=list(d.augment) if train else None, min_area=d.min_area, max_area_frac=d.max_area_frac,
+            min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability, on_error=d.on_error,
+            with_dist_maps=d.with_dist_maps, seed=seed,
         )
 
     def _model(self) -> torch.nn.Module:
@@ -97,6 +116,14 @@ class Trainer:
         freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
                mask_decoder=m.freeze_mask_decoder)
         return model.to(self.runtime.device)
+
+    def _wrap(self, module: InteractiveForward, rounds: Rounds) -> torch.nn.Module:
+        if not self.dist.enabled:
+            return module
+        # Without mask feedback the mask-prompt encoder gets no gradient, and DDP must be told.
+        unused = rounds.total == 1 or not rounds.feed_back_mask
+        device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused)
 
     def _probe_terms(self) -> list[str]:
         """Names of the loss's terms: one call on a tiny synthetic batch (cheap, shape-agnostic)."""
@@ -110,160 +137,268 @@ class Trainer:
                   "num_masks": float(n), "step": 0, "epoch": 0}
         return list(loss_terms(call_loss(self.loss_fn, logits, target, **extras)))
 
-    def _loader(self, dataset: SA1BDataset, *, shuffle: bool) -> DataLoader:
+    def _terms(self, out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
+        """This step's value of every term found by the probe (a term may lack a gradient in a
+        step, e.g. the IoU term of a batch of empty targets; it is then a constant, not missing)."""
+        if isinstance(out, torch.Tensor):
+            return {"loss": out}
+        return {k: out[k] for k in self.terms}
+
+    def _loader(self, dataset: SA1BDataset, sampler: ResumableSampler | None = None) -> DataLoader:
         d = self.cfg.data
-        return DataLoader(dataset, batch_size=d.batch_size, shuffle=shuffle, num_workers=d.num_workers,
-                          collate_fn=collate_masks, drop_last=shuffle, persistent_workers=d.num_workers > 0,
-                          pin_memory=self.runtime.device.type == "cuda")
+        return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
+                          collate_fn=collate_masks, drop_last=sampler is not None,
+                          persistent_workers=d.num_workers > 0, pin_memory=self.runtime.device.type == "cuda")
 
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
-        epoch = 0
+        """Batches forever, epoch after epoch, starting at the (possibly restored) epoch and position."""
         while True:
-            self.train_set.set_epoch(epoch)
-            yielded = False
+            self.train_set.set_epoch(self.epoch)
+            self.sampler.set_epoch(self.epoch, start=self.position * self.cfg.data.batch_size)
+            usable = False
             for batch in loader:
+                self.position += 1
                 if batch["masks"].shape[0] == 0:
                     continue
-                yielded = True
+                usable = True
                 yield batch
-            if not yielded:
+            if not usable and self.position > 0:
                 raise TrainingError(f"No usable mask in {self.train_set.root}: every image was skipped.")
-            epoch += 1
+            self._end_epoch()
+
+    def _end_epoch(self) -> None:
+        """Tell the weighting the epoch's mean loss per term (DWA adapts its weights from these)."""
+        if self.epoch_steps:
+            self.weighting.epoch_end({k: v / self.epoch_steps for k, v in self.epoch_sums.items()})
+        self.epoch, self.position, self.epoch_sums, self.epoch_steps = self.epoch + 1, 0, {}, 0
 
     # -- one step -----------------------------------------------------------------------------
     def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Forward, loss, weighting, backward and optimiser step on one collated batch."""
+        """Forward (all interactive rounds), loss, weighting, backward and optimiser step."""
         cfg, rt = self.cfg, self.runtime
         batch = to_device(batch, rt.device)
         with rt.autocast():
-            embeddings = encode_images(self.model, batch)
-            predictions = run_rounds(self.model, embeddings, batch, self.rounds, multimask=cfg.prompts.multimask,
-                                     resolution=cfg.train.loss_resolution, generator=self.click_generator)
+            predictions = self.forward(batch, self.click_generator)
         targets = loss_targets(batch, predictions[0].logits.shape[-1])
         target = targets.pop("target")
-        num_masks = float(max(target.shape[0], 1))
+        num_masks = dist.num_masks_across_ranks(target.shape[0], rt.device)
         per_round = []
         for pred in predictions:
-            out = call_loss(self.loss_fn, pred.logits.float(), target, iou_pred=pred.iou_pred.float(),
-                            candidates=pred.candidates, num_masks=num_masks, step=self.step, **targets)
-            per_round.append(loss_terms(out))
+            out = call_loss(self.loss_fn, pred.logits, target, iou_pred=pred.iou_pred, candidates=pred.candidates,
+                            num_masks=num_masks, step=self.step, epoch=self.epoch, **targets)
+            per_round.append(self._terms(out))
         terms = combine_rounds(per_round, cfg.prompts.round_loss)
         total, weights = self.weighting(terms, self.step)
         if not torch.isfinite(total):
             return self._skip_nonfinite(terms)
         self.nonfinite_in_row = 0
         self.scaler.scale(total).backward()
+        grad_norm = self._optimizer_step()
+        for k, v in terms.items():
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(v.detach())
+        self.epoch_steps += 1
+        record = {"loss/total": float(total.detach()), "grad_norm": grad_norm, "masks": float(target.shape[0]),
+                  "skipped_files": float(batch.get("skipped", 0))}
+        record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
+        record.update({f"weight/{k}": float(v) for k, v in weights.items()})
+        record.update({f"stat/{k}": v for k, v in loss_stats(out).items()})
+        for r in sorted({0, len(per_round) - 1}):  # first vs last round: does interaction help?
+            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
+        return record
+
+    def _optimizer_step(self) -> float:
+        """Unscale, sync the weighting's own gradients across ranks, clip, step; returns the pre-clip norm."""
         self.scaler.unscale_(self.optimizer)
+        if self.dist.enabled:  # the weighting is not inside DDP: average its gradients by hand
+            for p in self.weighting.parameters():
+                if p.grad is not None:
+                    torch.distributed.all_reduce(p.grad)
+                    p.grad /= self.dist.world_size
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip else math.inf
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
-        record = {"loss/total": float(total.detach())}
-        record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
-        record.update({f"weight/{k}": float(v) for k, v in weights.items()})
-        record.update({f"stat/{k}": float(v) for k, v in loss_stats(out).items()})
-        for r in sorted({0, len(per_round) - 1}):  # first vs last round: does interaction help?
-            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
-        record["grad_norm"] = float(grad_norm)
-        record["masks"] = num_masks
-        record["skipped_files"] = float(batch.get("skipped", 0))
-        return record
+        return grad_norm
 
     def _skip_nonfinite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         self.optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_row += 1
         limit = self.cfg.train.max_nonfinite_steps
-        bad = {k: float(v) for k, v in terms.items()}
+        bad = {k: float(v.detach()) for k, v in terms.items()}
         log.warning("step %d: non-finite loss %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
         if self.nonfinite_in_row >= limit:
             raise TrainingError(
-                f"{self.nonfinite_in_row} non-finite losses in a row (last terms: {bad}); stopping. Lower "
-                "optim.lr, set optim.grad_clip, or use train.precision=bf16/fp32 instead of fp16."
+                f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step} (last terms: {bad}); "
+                "stopping. Lower optim.lr, set optim.grad_clip, or use train.precision=bf16/fp32 instead of fp16."
             )
         return {"nonfinite_skipped": 1.0}
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> FitResult:
-        """Train for ``train.steps`` steps with periodic validation and checkpoints; returns the run."""
+        """Train for ``train.steps`` steps with periodic validation and checkpoints; returns the run.
+
+        SIGTERM/SIGINT stop the loop after the current step and write a checkpoint first.
+        """
         cfg = self.cfg
-        run_dir = self._run_dir()
-        (run_dir / "config.yaml").write_text(to_yaml(cfg))
-        tracker = Tracker.start(cfg.tracking, config=to_dict(cfg), project_root=self.root,
-                                tags={"samft_version": __version__, "run_dir": str(run_dir)})
-        log.info("run folder %s; %s", run_dir, tracker.ui_hint)
+        resume = find_resume_checkpoint(cfg.train.resume, self.run_dir / "checkpoints")
+        if resume is not None:
+            self.load_state_dict(load_checkpoint(resume))
+            log.info("resumed from %s at step %d", resume, self.step)
+        tracker = self._tracker()
+        self.run_id = tracker.run_id
         history: list[dict[str, float]] = []
         val_metrics: dict[str, float] = {}
-        status = "FAILED"
+        last = self.run_dir / "checkpoints" / "last.pt"
+        status, stopped_by = "FAILED", None
         try:
-            batches = self._batches(self._loader(self.train_set, shuffle=True))
-            progress = tqdm(total=cfg.train.steps, disable=not cfg.train.progress, desc="train", unit="step")
-            started, images = time.perf_counter(), 0
-            while self.step < cfg.train.steps:
-                batch = next(batches)
-                record = self.train_step(batch)
-                self.step += 1
-                images += batch["images"].shape[0]
-                progress.update(1)
-                if self.step % cfg.tracking.log_every == 0 or self.step == cfg.train.steps:
-                    record.update(self._lr_record())
-                    record["images_per_s"] = images / max(time.perf_counter() - started, 1e-9)
-                    started, images = time.perf_counter(), 0
-                    tracker.log_metrics(record, step=self.step)
-                    history.append({"step": float(self.step), **record})
-                    progress.set_postfix(loss=f"{record.get('loss/total', float('nan')):.4f}")
-                if self.val_set is not None and (self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps):
-                    val_metrics = self.validate(tracker)
-                if self.step % cfg.train.checkpoint_every == 0:
-                    self.save(run_dir / "checkpoints" / "last.pt")
-            progress.close()
-            checkpoint = self.save(run_dir / "checkpoints" / "last.pt")
-            if cfg.tracking.log_checkpoint:
-                tracker.log_artifact(checkpoint, "checkpoints")
+            with StopSignals() as stop:
+                stopped_by = self._loop(tracker, history, val_metrics, last, stop)
+            status = "KILLED" if stopped_by else "FINISHED"
+            if stopped_by is None and cfg.tracking.log_checkpoint and self.dist.is_main:
+                tracker.log_artifact(last, "checkpoints")
             tracker.log_curves()
-            status = "FINISHED"
         finally:
             tracker.close(status)
-        return FitResult(run_dir, self.step, history, val_metrics, checkpoint, tracker.run_id, tracker.ui_hint)
+        return FitResult(self.run_dir, self.step, history, val_metrics, last, tracker.run_id, tracker.ui_hint,
+                         stopped_by)
+
+    def _loop(self, tracker, history, val_metrics, last, stop) -> str | None:
+        cfg = self.cfg
+        batches = self._batches(self._loader(self.train_set, self.sampler))
+        progress = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
+                        disable=not (cfg.train.progress and self.dist.is_main))
+        started, images = time.perf_counter(), 0
+        while self.step < cfg.train.steps:
+            if stop.received:
+                break
+            batch = next(batches)
+            record = self.train_step(batch)
+            if "nonfinite_skipped" in record:  # no optimiser step was taken: the step count stays
+                continue
+            self.step += 1
+            images += batch["images"].shape[0]
+            progress.update(1)
+            if self.step % cfg.tracking.log_every == 0 or self.step == cfg.train.steps:
+                record.update(self._lr_record())
+                record["images_per_s"] = images * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
+                started, images = time.perf_counter(), 0
+                tracker.log_metrics(record, step=self.step)
+                history.append({"step": float(self.step), **record})
+                progress.set_postfix(loss=f"{record.get('loss/total', float('nan')):.4f}")
+            if self.val_set is not None and (self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps):
+                val_metrics.update(self.validate(tracker))
+            if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
+                self.save(last)
+        progress.close()
+        if stop.received:
+            self.save(last)
+            log.warning("stopped by %s at step %d; checkpoint %s. Continue with train.resume=auto "
+                        "(and the same train.run_name).", stop.received, self.step, last)
+        return stop.received
 
     def validate(self, tracker: Tracker) -> dict[str, float]:
+        """Validation metrics on the main rank (logged, and the best checkpoint kept)."""
+        if not self.dist.is_main:
+            return {}
         e = self.cfg.eval
-        loader = self._loader(self.val_set, shuffle=False)
-        result = evaluate(self.model, loader, self.runtime, max_images=e.max_images, max_masks=e.max_masks,
-                          multimask=self.cfg.prompts.multimask, keep_examples=self.cfg.tracking.overlays)
+        result = evaluate(self.model, self._loader(self.val_set), self.runtime, max_images=e.max_images,
+                          max_masks=e.max_masks, multimask=self.cfg.prompts.multimask,
+                          keep_examples=self.cfg.tracking.overlays)
         metrics = {f"val/{k}": v for k, v in result.metrics.items()}
         tracker.log_metrics(metrics, step=self.step)
         if result.examples:
             stacked = {k: torch.stack([ex[k] for ex in result.examples]) for k in result.examples[0]}
             tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
                                  stacked["point_labels"], step=self.step, tag="val")
+        self._keep_best(metrics)
         log.info("step %d validation: %s", self.step, metrics)
         return metrics
 
-    def save(self, path: Path) -> Path:
-        """Write model, optimiser, scaler, schedules, weighting state, RNG and step atomically."""
-        state = {
+    def _keep_best(self, metrics: dict[str, float]) -> None:
+        key, sign = self.cfg.eval.best_metric, 1.0 if self.cfg.eval.best_mode == "max" else -1.0
+        value = metrics.get(key)
+        if value is None or math.isnan(value):
+            return
+        if self.best is None or sign * value > sign * self.best:
+            self.best = value
+            self.save(self.run_dir / "checkpoints" / "best.pt")
+
+    # -- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly where this one is."""
+        return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "weighting": self.weighting.state_dict(),
-            "step": self.step,
+            "step": self.step, "epoch": self.epoch, "position": self.position,
+            "epoch_sums": self.epoch_sums, "epoch_steps": self.epoch_steps,
+            "nonfinite_in_row": self.nonfinite_in_row, "best": self.best,
+            "rng": get_rng_state(self.click_generator),
+            "mlflow_run_id": self.run_id,
             "config": to_yaml(self.cfg),
-            "rng": {"torch": torch.get_rng_state()},
         }
-        return save_atomic(state, path)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.weighting.load_state_dict(state["weighting"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.epoch_sums, self.epoch_steps = dict(state["epoch_sums"]), state["epoch_steps"]
+        self.nonfinite_in_row, self.best = state["nonfinite_in_row"], state["best"]
+        set_rng_state(state["rng"], self.click_generator)
+        self.run_id = state.get("mlflow_run_id")
+
+    def save(self, path: Path) -> Path:
+        """Write the training state atomically (main rank only; other ranks wait for it)."""
+        if self.dist.is_main:
+            save_atomic(self.state_dict(), path)
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return path
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _tracker(self) -> Tracker:
+        if not self.dist.is_main:
+            return Tracker.disabled()
+        tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
+                                resume_run_id=self.run_id,
+                                tags={"samft_version": __version__, "run_dir": str(self.run_dir),
+                                      "dataset_fingerprint": dataset_fingerprint(self.train_set)})
+        log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)
+        return tracker
 
     def _lr_record(self) -> dict[str, float]:
         return {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
 
     def _run_dir(self) -> Path:
-        name = self.cfg.train.run_name or time.strftime("%Y%m%d-%H%M%S")
-        run_dir = self.root / self.cfg.train.output_dir / name
-        run_dir.mkdir(parents=True, exist_ok=True)
+        """``output_dir/run_name``; without a run name, a timestamp (or, to resume, the latest run)."""
+        out = self.root / self.cfg.train.output_dir
+        name = self.cfg.train.run_name
+        if name is None and self.cfg.train.resume == "auto":
+            latest = find_resume_checkpoint("auto", out, search_runs=True)
+            if latest is not None:
+                return latest.parent.parent
+        run_dir = out / (name or time.strftime("%Y%m%d-%H%M%S"))
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        if self.dist.is_main:
+            (run_dir / "config.yaml").write_text(to_yaml(self.cfg))
         return run_dir
+
+
+def dataset_fingerprint(dataset: SA1BDataset) -> str:
+    """Short hash of the dataset's content as indexed (json names, image sizes, annotation counts and
+    areas): equal for copies of the same data, different when a file or an annotation changes."""
+    digest = hashlib.sha1()
+    for rec in dataset.records:
+        digest.update(repr((rec["json"], rec.get("height"), rec.get("width"), rec.get("area"))).encode())
+    return digest.hexdigest()[:12]
 
 
 def loss_terms(out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -283,10 +418,6 @@ def loss_stats(out: torch.Tensor | dict[str, Any]) -> dict[str, float]:
     """Scalar statistics a loss reports beside its terms (coverage, current weights, ...)."""
     if isinstance(out, torch.Tensor):
         return {}
-    stats = {}
-    for k, v in out.items():
-        if k == "loss" or (isinstance(v, torch.Tensor) and (v.ndim > 0 or v.requires_grad)):
-            continue
-        if isinstance(v, (int, float)) or isinstance(v, torch.Tensor):
-            stats[k] = float(v)
-    return stats
+    return {k: float(v) for k, v in out.items()
+            if k != "loss" and (isinstance(v, (int, float)) or
+                                (isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad))}

@@ -1,0 +1,144 @@
+"""Training state: exact resume, preemption, non-finite losses, freezing, DDP loss normalisation."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from samft.config import load
+from samft.engine.trainer import Trainer, TrainingError
+from samft.losses import call_loss
+
+REPO = Path(__file__).resolve().parents[2]
+# A schedule that does not depend on train.steps, so a shorter first run shares the longer run's lr.
+SCHEDULE = "schedule={name: warmup, warmup_steps: 2, after: {name: cosine, start: 1.0, end: 0.1, total_steps: 8}}"
+
+
+def tiny_config(data, root, *overrides):
+    return load(REPO / "configs" / "demo.yaml", [
+        f"data.train={data / 'train'}", "data.val=null", "data.num_workers=0", "data.max_masks=3",
+        "model.image_size=64", "prompts.correction_clicks=1", "prompts.extra_rounds=1",
+        "train.progress=false", "tracking.enabled=false", f"train.output_dir={root / 'out'}", SCHEDULE,
+        *overrides,
+    ])
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_is_exact_across_an_epoch_boundary(demo_data, tmp_path):
+    """4 steps, stop, resume to 8 == 8 uninterrupted steps (12 images, 2 per batch: epoch = 6 steps)."""
+    straight = Trainer(tiny_config(demo_data, tmp_path, "train.steps=8", "train.run_name=straight")).fit()
+    Trainer(tiny_config(demo_data, tmp_path, "train.steps=4", "train.run_name=split")).fit()
+    resumed = Trainer(tiny_config(demo_data, tmp_path, "train.steps=8", "train.run_name=split",
+                                  "train.resume=auto")).fit()
+    assert resumed.steps == 8
+    assert_same_weights(weights(straight.checkpoint), weights(resumed.checkpoint))
+    a, b = (torch.load(r.checkpoint, weights_only=True) for r in (straight, resumed))
+    assert (a["epoch"], a["position"]) == (b["epoch"], b["position"]) == (1, 2)
+    assert torch.equal(a["rng"]["generators"][0], b["rng"]["generators"][0])
+
+
+def test_frozen_parts_stay_bit_identical(demo_data, tmp_path):
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=3", "model.freeze_image_encoder=true",
+                                  "model.freeze_prompt_encoder=true"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.fit()
+    after = trainer.model.state_dict()
+    for key in before:
+        if key.startswith(("image_encoder.", "prompt_encoder.")):
+            assert torch.equal(before[key], after[key]), key
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("mask_decoder."))
+
+
+class NaNOnCalls:
+    """Wraps a loss and poisons its result on the given call numbers (1-based)."""
+
+    def __init__(self, loss, calls):
+        self.loss, self.calls, self.count = loss, set(calls), 0
+
+    def __call__(self, logits, target, **extras):
+        self.count += 1
+        out = call_loss(self.loss, logits, target, **extras)
+        if self.count in self.calls:
+            out = {**out, "focal": out["focal"] * float("nan")}
+        return out
+
+
+def test_nonfinite_loss_skips_the_step(demo_data, tmp_path):
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=4", "tracking.log_every=1",
+                                  "prompts.correction_clicks=0", "prompts.extra_rounds=0"))
+    trainer.loss_fn = NaNOnCalls(trainer.loss_fn, calls=[3])
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
+    trainer.train_step(batch)  # lr 0 in the first warmup step
+    trainer.train_step(batch)
+    after_first = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    assert trainer.train_step(batch) == {"nonfinite_skipped": 1.0}
+    for key, value in trainer.model.state_dict().items():
+        assert torch.equal(value, after_first[key]), key  # the poisoned step changed nothing
+    assert any(not torch.equal(before[k], after_first[k]) for k in before)
+    assert "loss/total" in trainer.train_step(batch) and trainer.nonfinite_in_row == 0
+
+
+def test_too_many_nonfinite_losses_stop_with_a_clear_error(demo_data, tmp_path):
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=10", "train.max_nonfinite_steps=3",
+                                  "prompts.correction_clicks=0", "prompts.extra_rounds=0"))
+    trainer.loss_fn = NaNOnCalls(trainer.loss_fn, calls=range(1, 100))
+    with pytest.raises(TrainingError, match="3 non-finite losses in a row at step 0"):
+        trainer.fit()
+
+
+def test_sigterm_writes_a_loadable_checkpoint_and_exits_cleanly(demo_data, tmp_path):
+    cmd = [sys.executable, str(REPO / "tools" / "train.py"), str(REPO / "configs" / "demo.yaml"),
+           f"data.train={demo_data / 'train'}", "data.val=null", "data.num_workers=0", "model.image_size=64",
+           "train.steps=100000", "train.checkpoint_every=100000", "train.run_name=preempted",
+           f"train.output_dir={tmp_path / 'out'}", "tracking.enabled=false", "train.progress=false"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = tmp_path / "out" / "preempted" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "out" / "preempted" / "config.yaml").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # let it run some steps
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "train.resume=auto" in out
+    state = torch.load(last, weights_only=True)
+    assert state["step"] > 0 and "optimizer" in state
+    assert not list(last.parent.glob("*.tmp"))  # no half-written file left behind
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_ddp_two_processes_match_one_process_on_the_same_images(demo_data, tmp_path):
+    """2 ranks x 1 image == 1 process x 2 images: with SAM 2's all-reduced mask-count normaliser the
+    gradients DDP averages equal the single-process gradients of the same two images."""
+    helper = Path(__file__).with_name("ddp_grads.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for launcher, out, batch in (([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                   "--nproc_per_node=2"], "ddp.pt", 1), ([sys.executable], "single.pt", 2)):
+        proc = subprocess.run([*launcher, str(helper), str(demo_data / "train"), str(tmp_path / out), str(batch)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp, single = (torch.load(tmp_path / f, weights_only=True) for f in ("ddp.pt", "single.pt"))
+    counts = ddp["masks_per_rank"].tolist()
+    assert counts[0] != counts[1], counts  # unequal ranks: a per-rank normaliser would give other gradients
+    assert single["masks_per_rank"].tolist() == [sum(counts)]
+    ddp, single = ddp["grads"], single["grads"]
+    assert ddp.keys() == single.keys() and len(ddp) > 50
+    scale = max(float(g.abs().max()) for g in single.values())
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=1e-5 * scale, rtol=1e-4, msg=key)
