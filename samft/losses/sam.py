@@ -8,6 +8,9 @@ analytic backward touches only the outputs that receive gradient (the selected o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
@@ -361,6 +364,8 @@ def sam(
     iou_loss: str = "mse",
     supervise_all_iou: bool = True,
     empty_target: str = "zero",
+    extra_terms: Mapping[str, Any] | None = None,
+    **extras: Any,
 ) -> dict[str, torch.Tensor]:
     """SAM's full training objective (SAM paper App. A, SAM 2 ``MultiStepMultiMasksAndIous``).
 
@@ -385,6 +390,13 @@ def sam(
         dice_smooth: Dice smoothing (1.0).
         iou_loss: ``"mse"`` (SAM), ``"l1"`` or ``"smooth_l1"``.
         supervise_all_iou: Supervise the IoU head on all candidates (True, SAM 2) or the selected one.
+        extra_terms: More mask losses on the selected output, ``{term: {name: ..., **options}}``
+            built through the registry, e.g. ``{boundary: {name: boundary}}``. Each is computed with
+            ``reduction="none"`` when it supports it, averaged per mask over valid pixels and summed
+            over masks / ``num_masks`` like focal and dice (a loss without per-mask values gives its
+            own mean). Each becomes a term of the result (weight 1 in ``loss``; the engine's
+            weighting strategy sets the training weight).
+        extras: Batch values offered to the extra terms (``dist_map``, ``epoch``, ...).
         empty_target: ``"zero"`` (default, SAM 2): a mask without foreground among its counted
             pixels contributes 0 to every term (the engine cannot tell an object that left the
             crop from a real empty mask); ``"keep"``: it is scored normally, which trains the
@@ -407,11 +419,36 @@ def sam(
         focal, dice_values, iou_target = _MaskStats.apply(
             logits.reshape(n, m, flat_target.shape[1]), flat_target, weight, focal_alpha, focal_gamma, dice_smooth
         )
-        return _combine(
+        norm = _normaliser(num_masks, n, focal)
+        result = _combine(
             focal, dice_values, iou_target, iou_pred, candidates, flat_target, weight,
-            _normaliser(num_masks, n, focal), (focal_weight, dice_weight, iou_weight),
-            iou_loss, supervise_all_iou, empty_target,
+            norm, (focal_weight, dice_weight, iou_weight), iou_loss, supervise_all_iou, empty_target,
         )
+        for term, spec in (extra_terms or {}).items():
+            result[term] = _extra_term(term, spec, logits, target, valid, result["selected"], norm, extras)
+            result["loss"] = result["loss"] + result[term]
+        return result
+
+
+def _extra_term(term: str, spec: Any, logits, target, valid, selected, norm, extras) -> torch.Tensor:
+    """One extra mask loss on the selected output of every mask, normalised like focal and dice."""
+    from samft.losses._common import call_loss  # the engine's calling convention, one place
+    from samft.registry import LOSSES
+
+    if term in ("loss", "focal", "dice", "iou", "selected"):
+        raise ValueError(f"extra_terms: {term!r} is a name the sam objective already uses; rename the term.")
+    fn = LOSSES.build(spec if isinstance(spec, Mapping) else {"name": str(spec)})
+    rows = torch.arange(logits.shape[0], device=logits.device)
+    chosen = logits[rows, selected]
+    target = target.reshape(chosen.shape)
+    offered = {**extras, "valid": valid, "reduction": "none"}
+    values = call_loss(fn, chosen, target, **offered)
+    values = values["loss"] if isinstance(values, Mapping) else values
+    if values.dim() == 0:
+        return values.float()
+    if values.dim() > 1:
+        values = per_mask(values.float(), valid)
+    return values.float().sum() / norm
 
 
 def _combine(focal, dice_values, iou_target, iou_pred, candidates, target, weight, norm, weights,

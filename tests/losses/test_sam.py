@@ -301,3 +301,33 @@ def test_iou_prediction_excludes_ignored_and_padding_pixels():
     assert iou_prediction(logits, ignored, iou_pred=iou_pred, reduction="none").tolist() == [[0.0, 1.0]]
     valid = torch.tensor([[[True, False], [True, False]]])
     assert iou_prediction(logits, target, iou_pred=iou_pred, valid=valid, reduction="none").tolist() == [[0.0, 1.0]]
+
+
+def test_extra_terms_score_the_selected_output_like_focal_and_dice():
+    """An extra mask loss (here Kervadec's boundary loss) joins SAM's objective on the selected output."""
+    from samft.losses.boundary import boundary, signed_distance_maps
+
+    torch.manual_seed(3)
+    logits = torch.randn(3, 4, 12, 12, requires_grad=True)
+    target = (torch.rand(3, 12, 12) > 0.6).float()
+    dist_map = torch.from_numpy(signed_distance_maps(target.numpy()))
+    iou_pred = torch.rand(3, 4)
+    candidates = torch.tensor([[False, True, True, True], [True, False, False, False], [True] * 4])
+    plain = sam(logits, target, iou_pred=iou_pred, candidates=candidates, num_masks=2.0)
+    out = sam(logits, target, iou_pred=iou_pred, candidates=candidates, num_masks=2.0,
+              extra_terms={"boundary": {"name": "boundary"}}, dist_map=dist_map)
+    chosen = logits[torch.arange(3), out["selected"]]
+    expected = boundary(chosen, target, dist_map=dist_map, reduction="none").sum() / 2.0  # per mask -> sum / N
+    torch.testing.assert_close(out["boundary"], expected)
+    torch.testing.assert_close(out["loss"], plain["loss"] + expected)
+    assert torch.equal(out["selected"], plain["selected"])  # selection is SAM's focal + dice rule
+    out["boundary"].backward()
+    unselected = torch.ones(3, 4, dtype=torch.bool)
+    unselected[torch.arange(3), out["selected"]] = False
+    assert logits.grad[unselected].abs().max() == 0
+
+
+def test_extra_terms_reject_reserved_names():
+    with pytest.raises(ValueError, match="already uses"):
+        sam(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4), iou_pred=torch.zeros(1, 1),
+            extra_terms={"dice": {"name": "dice"}})
