@@ -90,3 +90,15 @@ def test_cli_help_and_missing_config():
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "train.py"), "nope.yaml"], capture_output=True,
                           text=True)
     assert_one_paragraph_error(proc, "nope.yaml", "does not exist")
+
+
+def test_boundary_term_trains_with_distance_maps_from_the_data(demo_data, tmp_path):
+    """A seed loss joins SAM's objective through config alone: data serves maps, the weighting weighs."""
+    cfg = demo_config(demo_data, tmp_path, "train.steps=2", "data.val=null", "model.image_size=64",
+                      "tracking.log_every=1", "data.with_dist_maps=true",
+                      "loss.extra_terms={boundary: {name: boundary}}", "weighting.weights.boundary=0.5")
+    history = Trainer(cfg, project_root=tmp_path).fit().history
+    assert [r["weight/boundary"] for r in history] == [0.5, 0.5]
+    assert all(r["loss/boundary"] != 0.0 for r in history)
+    total = 20 * history[-1]["loss/focal"] + history[-1]["loss/dice"] + history[-1]["loss/iou"]
+    assert abs(history[-1]["loss/total"] - (total + 0.5 * history[-1]["loss/boundary"])) < 1e-4
