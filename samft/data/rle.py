@@ -71,8 +71,9 @@ def rle_run_lengths(counts: bytes | str) -> np.ndarray:
     x = np.where(negative, x | (-1 << (shift[ends] + 5)), x)
     runs = x.copy()
     # from the fourth run on, each count is stored as the difference to the count two before it
-    runs[3::2] = runs[1] + np.cumsum(x[3::2])
-    runs[4::2] = runs[2] + np.cumsum(x[4::2])
+    if runs.size > 3:
+        runs[3::2] = runs[1] + np.cumsum(x[3::2])
+        runs[4::2] = runs[2] + np.cumsum(x[4::2])
     return runs
 
 
