@@ -72,5 +72,52 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
+EVAL_USAGE = """usage: python tools/evaluate.py CONFIG.yaml model.checkpoint=PATH [key=value ...] [--json FILE]
+
+Evaluate a checkpoint (samft's or a SAM .pth) on data.val: mIoU from one centre point, one box and
+after eval.clicks correction clicks, boundary IoU, IoU-head calibration and stability statistics."""
+
+
+def _evaluate(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(EVAL_USAGE)
+        return 0 if argv else 2
+    import json
+
+    from samft.config import ConfigError, load
+    from samft.engine.evaluate import evaluate
+    from samft.engine.runtime import make_runtime
+    from samft.engine.trainer import dataset_from_config, model_from_config
+    from torch.utils.data import DataLoader
+    from samft.data import collate_masks
+
+    json_out = None
+    if "--json" in argv:
+        at = argv.index("--json")
+        json_out, argv = Path(argv[at + 1]), argv[:at] + argv[at + 2:]
+    cfg = load(argv[0], argv[1:])
+    if not cfg.data.val:
+        raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
+    root = Path.cwd()
+    runtime = make_runtime(cfg.train.device, cfg.train.precision)
+    model = model_from_config(cfg, root).to(runtime.device)
+    dataset = dataset_from_config(cfg, root / cfg.data.val, seed=cfg.eval.seed, train=False)
+    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                        collate_fn=collate_masks)
+    e = cfg.eval
+    result = evaluate(model, loader, runtime, max_images=e.max_images, max_masks=e.max_masks,
+                      multimask=cfg.prompts.multimask, clicks=e.clicks, seed=e.seed)
+    width = max(len(k) for k in result.metrics)
+    for key, value in sorted(result.metrics.items()):
+        print(f"{key:<{width}}  {value:.4f}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    return run_cli(_evaluate, sys.argv[1:] if argv is None else argv)
+
+
 def train_main(argv: list[str] | None = None) -> int:
     return run_cli(_train, sys.argv[1:] if argv is None else argv)

@@ -91,6 +91,7 @@ class TrainConfig:
 class EvalConfig:
     max_images: int = 50
     max_masks: int = 16  # per image
+    clicks: int = 5  # also report mIoU after this many correction clicks (0: single prompts only)
     seed: int = 1234
     best_metric: str = "val/miou_point"  # checkpoints/best.pt keeps the best value of this metric
     best_mode: str = "max"  # max | min

@@ -18,7 +18,8 @@ from scipy import ndimage
 from segment_anything.modeling import Sam
 
 from samft.engine.runtime import Runtime
-from samft.engine.step import encode_images, predict, to_device
+from samft.engine.interactive import Rounds, run_rounds
+from samft.engine.step import encode_images, to_device
 from samft.models import best_output, upscale
 from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
 from samft.registry import METRICS
@@ -47,58 +48,87 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *, max_images: int,
-             max_masks: int, multimask: bool = True, keep_examples: int = 0) -> EvalResult:
-    """mIoU with one centre point and with one tight box per mask, over up to ``max_images`` images.
+             max_masks: int, multimask: bool = True, clicks: int = 0, seed: int = 0,
+             keep_examples: int = 0) -> EvalResult:
+    """Single-prompt and interactive accuracy over up to ``max_images`` images.
+
+    Args:
+        clicks: Also report mIoU after this many correction clicks that follow the centre point
+            (clicks from the error region, the previous best mask fed back, as in training).
+        seed: Seed of the correction clicks, so that evaluations are comparable.
 
     Returns:
-        metrics ``miou_point``, ``miou_box``, ``iou_calibration_point`` (mean |predicted - actual IoU|),
-        ``num_masks``; and up to ``keep_examples`` single-image examples for overlays.
+        metrics: ``miou_point``, ``miou_box``, ``miou_click<k>`` (when ``clicks``),
+        ``boundary_iou_point``, ``iou_calibration_point`` (mean |predicted - actual IoU|),
+        ``stability_point`` (mean stability score of the chosen masks) and
+        ``stable_share_point`` (share >= 0.95, SAM's automatic-mask filter), ``num_masks``;
+        examples: up to ``keep_examples`` single-mask examples for overlays.
     """
     was_training = model.training
     model.eval()
-    mask_iou = METRICS.get("mask_iou")
-    sums = {"point": [], "box": [], "calib": []}
+    generator = torch.Generator(runtime.device).manual_seed(seed)
+    values: dict[str, list[torch.Tensor]] = {}
     examples: list[dict[str, Any]] = []
     seen = 0
     for batch in batches:
         if seen >= max_images:
             break
         batch = _first_masks(to_device(batch, runtime.device), max_masks)
-        masks = batch["masks"].bool()
         with runtime.autocast():
             embeddings = encode_images(model, batch)
-        for kind, points, labels in _eval_prompts(masks):
-            prompted = {**batch, "points": points, "point_labels": labels}
-            with runtime.autocast():
-                pred = predict(model, embeddings, prompted, multimask=multimask, resolution="low_res")
-            chosen = best_output(pred.iou_pred, pred.candidates)
-            rows = torch.arange(len(chosen), device=chosen.device)
-            logits = upscale(pred.low_res[rows, chosen].unsqueeze(1).float(), masks.shape[-1]).squeeze(1)
-            valid = batch["valid"][batch["image_index"]]
-            binary = (logits > 0) & valid
-            iou = mask_iou(binary.float(), masks.float())
-            sums[kind].append(iou.cpu())
-            if kind == "point":
-                sums["calib"].append((pred.iou_pred[rows, chosen].float() - iou).abs().cpu())
-                examples += _examples(batch, binary, points, labels, keep_examples - len(examples))
+        scores = _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator)
+        binary = scores.pop("_binary")
+        for key, value in scores.items():
+            values.setdefault(key, []).append(value.float().cpu())
+        examples += _examples(batch, binary, keep_examples - len(examples))
         seen += batch["images"].shape[0]
     model.train(was_training)
-    cat = {k: torch.cat(v) if v else torch.zeros(0) for k, v in sums.items()}
-    metrics = {
-        "miou_point": float(cat["point"].mean()) if len(cat["point"]) else float("nan"),
-        "miou_box": float(cat["box"].mean()) if len(cat["box"]) else float("nan"),
-        "iou_calibration_point": float(cat["calib"].mean()) if len(cat["calib"]) else float("nan"),
-        "num_masks": float(len(cat["point"])),
-    }
+    metrics = {k: float(torch.cat(v).mean()) if v else float("nan") for k, v in values.items()}
+    metrics["num_masks"] = float(sum(len(v) for v in values.get("miou_point", [])))
     return EvalResult(metrics, examples)
 
 
-def _eval_prompts(masks: torch.Tensor):
+def _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator) -> dict[str, torch.Tensor]:
+    """Per-mask scores of one batch under every evaluation protocol."""
+    masks = batch["masks"].bool()
     n = masks.shape[0]
-    yield "point", center_points(masks), torch.full((n, 1), POSITIVE, device=masks.device)
-    corners = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=masks.device)
+    valid = batch["valid"][batch["image_index"]]
+    point = {**batch, "points": center_points(masks), "point_labels": torch.full((n, 1), POSITIVE,
+                                                                               device=masks.device)}
     boxes, _ = tight_boxes(masks)  # masks are non-empty here (see _first_masks)
-    yield "box", boxes.view(n, 2, 2), corners.expand(n, 2)
+    corners = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=masks.device)
+    box = {**batch, "points": boxes.view(n, 2, 2), "point_labels": corners.expand(n, 2)}
+    with runtime.autocast():
+        rounds = run_rounds(model, embeddings, point, Rounds(correction_clicks=clicks), multimask=multimask,
+                            resolution="low_res", generator=generator)
+        box_pred = run_rounds(model, embeddings, box, Rounds(), multimask=multimask, resolution="low_res")[0]
+    mask_iou = METRICS.get("mask_iou")
+    logits, iou_pred = _chosen(rounds[0], masks.shape[-1])
+    binary = (logits > 0) & valid
+    iou = mask_iou(binary.float(), masks.float())
+    stability = METRICS.get("stability_score")(logits)
+    box_binary = (_chosen(box_pred, masks.shape[-1])[0] > 0) & valid
+    out = {
+        "miou_point": iou,
+        "miou_box": mask_iou(box_binary.float(), masks.float()),
+        "boundary_iou_point": METRICS.get("boundary_iou")(binary.float(), masks.float()),
+        "iou_calibration_point": (iou_pred - iou).abs(),
+        "stability_point": stability,
+        "stable_share_point": (stability >= 0.95).float(),
+        "_binary": binary,
+    }
+    if clicks:
+        final = (_chosen(rounds[-1], masks.shape[-1])[0] > 0) & valid
+        out[f"miou_click{clicks}"] = mask_iou(final.float(), masks.float())
+    return out
+
+
+def _chosen(pred, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input-frame logits ``[N, S, S]`` and predicted IoU ``[N]`` of SAM's choice among the candidates."""
+    chosen = best_output(pred.iou_pred, pred.candidates)
+    rows = torch.arange(len(chosen), device=chosen.device)
+    logits = upscale(pred.low_res[rows, chosen].unsqueeze(1).float(), size).squeeze(1)
+    return logits, pred.iou_pred[rows, chosen].float()
 
 
 def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:
@@ -113,13 +143,15 @@ def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:
     return {k: (v[keep] if k in per_mask and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
 
 
-def _examples(batch, binary, points, labels, count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` single-mask examples (image, ground truth, prediction, prompt) for overlays."""
+def _examples(batch, binary, count: int) -> list[dict[str, Any]]:
+    """Up to ``count`` single-mask examples (image, ground truth, centre-point prediction) for overlays."""
     rows = range(min(max(count, 0), binary.shape[0]))
+    points = center_points(batch["masks"][: len(rows)].bool()) if len(rows) else None
+    labels = torch.full((len(rows), 1), POSITIVE)
     return [{
         "image": batch["images"][batch["image_index"][i]].cpu(),
         "gt": batch["masks"][i].cpu().bool(),
         "pred": binary[i].cpu(),
         "points": points[i].cpu(),
-        "point_labels": labels[i].cpu(),
+        "point_labels": labels[i],
     } for i in rows]

@@ -99,20 +99,11 @@ class Trainer:
 
     # -- building ---------------------------------------------------------------------------
     def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
-        d, p = self.cfg.data, self.cfg.prompts
-        return SA1BDataset(
-            self.root / root, image_size=self.cfg.model.image_size, max_masks=d.max_masks,
-            prompt=p.mode if train else "point", box_prob=p.box_prob,
-            transforms=list(d.augment) if train else None, min_area=d.min_area, max_area_frac=d.max_area_frac,
-            min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability, on_error=d.on_error,
-            with_dist_maps=d.with_dist_maps, seed=seed,
-        )
+        return dataset_from_config(self.cfg, self.root / root, seed=seed, train=train)
 
     def _model(self) -> torch.nn.Module:
+        model = model_from_config(self.cfg, self.root)
         m = self.cfg.model
-        model = build_model(m.name, m.image_size)
-        if m.checkpoint:
-            load_weights(model, self.root / m.checkpoint, m.name)
         freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
                mask_decoder=m.freeze_mask_decoder)
         return model.to(self.runtime.device)
@@ -305,8 +296,8 @@ class Trainer:
             return {}
         e = self.cfg.eval
         result = evaluate(self.model, self._loader(self.val_set), self.runtime, max_images=e.max_images,
-                          max_masks=e.max_masks, multimask=self.cfg.prompts.multimask,
-                          keep_examples=self.cfg.tracking.overlays)
+                          max_masks=e.max_masks, multimask=self.cfg.prompts.multimask, clicks=e.clicks,
+                          seed=e.seed, keep_examples=self.cfg.tracking.overlays)
         metrics = {f"val/{k}": v for k, v in result.metrics.items()}
         tracker.log_metrics(metrics, step=self.step)
         if result.examples:
@@ -390,6 +381,25 @@ class Trainer:
         if self.dist.is_main:
             (run_dir / "config.yaml").write_text(to_yaml(self.cfg))
         return run_dir
+
+
+def dataset_from_config(cfg: DictConfig, root: Path, *, seed: int, train: bool = True) -> SA1BDataset:
+    """The training (augmented, configured prompts) or evaluation (plain) dataset of a folder."""
+    d, p = cfg.data, cfg.prompts
+    return SA1BDataset(
+        root, image_size=cfg.model.image_size, max_masks=d.max_masks, prompt=p.mode if train else "point",
+        box_prob=p.box_prob, transforms=list(d.augment) if train else None, min_area=d.min_area,
+        max_area_frac=d.max_area_frac, min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability,
+        on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed,
+    )
+
+
+def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
+    """The configured SAM with ``model.checkpoint`` loaded (paths relative to ``root``), on the CPU."""
+    model = build_model(cfg.model.name, cfg.model.image_size)
+    if cfg.model.checkpoint:
+        load_weights(model, root / cfg.model.checkpoint, cfg.model.name)
+    return model
 
 
 def dataset_fingerprint(dataset: SA1BDataset) -> str:
