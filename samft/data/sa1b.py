@@ -273,9 +273,9 @@ class SA1BDataset(Dataset):
             exc.always_skip = True  # a random augmentation, not a file problem
             raise exc
         points[no_point] = np.nan
-        masks, points, chosen = masks[keep], points[keep], chosen[keep]
+        masks, points = masks[keep], points[keep]
         dist = dist[keep] if dist is not None else None
-        return self._item(index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng)
+        return self._item(index, info, image_path, image, masks, valid, points, dist, anns, keep, rng)
 
     def _decode_masks(self, rles: list[dict[str, Any]], hw: tuple[int, int]) -> np.ndarray:
         """``[K, h, w]`` uint8 masks of the sampled annotations (the benchmark's baseline overrides it)."""
@@ -300,7 +300,7 @@ class SA1BDataset(Dataset):
     def _out_clip(self) -> float | None:
         return None if self.dist_clip is None else self.dist_clip * self.image_size
 
-    def _item(self, index, info, image_path, image, masks, valid, points, dist, chosen, anns, keep, rng):
+    def _item(self, index, info, image_path, image, masks, valid, points, dist, anns, keep, rng):
         S = self.image_size
         h, w = image.shape[:2]
         if self.with_dist_maps and dist is None:
