@@ -101,7 +101,7 @@ def _evaluate(argv: list[str]) -> int:
     root = Path.cwd()
     runtime = make_runtime(cfg.train.device, cfg.train.precision)
     model = model_from_config(cfg, root).to(runtime.device)
-    dataset = dataset_from_config(cfg, root / cfg.data.val, seed=cfg.eval.seed, train=False)
+    dataset = dataset_from_config(cfg, root, cfg.data.val, seed=cfg.eval.seed, train=False)
     loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
                         collate_fn=collate_masks)
     e = cfg.eval

@@ -49,6 +49,8 @@ class DataConfig:
     on_error: str = "skip"  # skip | raise
     augment: list[Any] = field(default_factory=list)  # albumentations specs {name: ..., **kwargs}
     with_dist_maps: bool = False  # serve signed distance maps (boundary losses)
+    dist_map_cache: Optional[str] = None  # folder from tools/precompute_distance_maps.py; None = on the fly
+    dist_clip: Optional[float] = 0.05  # outside distances clipped at this share of the input side
 
 
 @dataclass
@@ -68,6 +70,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     weight_decay: float = 0.1
     encoder_lr: Optional[float] = None  # separate lr for the image encoder; None = lr
+    layer_decay: float = 1.0  # layer-wise lr decay of the ViT encoder (SAM: 0.6 ViT-B, 0.8 ViT-L/H)
     grad_clip: Optional[float] = None  # max L2 norm of all gradients; None = no clipping
 
 

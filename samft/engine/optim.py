@@ -9,33 +9,60 @@ import torch
 from torch import nn
 
 
-def param_groups(model: nn.Module, *, lr: float, weight_decay: float,
-                 encoder_lr: float | None = None) -> list[dict[str, Any]]:
-    """Split trainable parameters into groups by (image encoder or not) x (decayed or not).
+def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr: float | None = None,
+                 layer_decay: float = 1.0) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by learning rate and weight decay.
 
     Biases, norm weights and other 1-d parameters get no weight decay (SAM 2's fine-tuning recipe).
+    With ``layer_decay < 1`` the image encoder's lr falls geometrically from the neck to the patch
+    embedding (SAM: 0.6 for ViT-B, 0.8 for ViT-L/H; SAM 2 fine-tuning: 0.9): a parameter at depth
+    ``i`` (0 = patch/position embedding, ``L + 1`` = neck, ``L`` blocks) gets
+    ``encoder_lr * layer_decay ** (L + 1 - i)``.
 
     Returns:
         Non-empty groups with keys ``params``, ``lr``, ``weight_decay`` and ``name`` (for logging).
     """
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    depth = len(getattr(getattr(model, "image_encoder", None), "blocks", []))
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        is_encoder = name.startswith("image_encoder.")
-        decays = param.ndim > 1 and not name.endswith(".bias")
-        groups.setdefault((is_encoder, decays), []).append(param)
+        if param.requires_grad:
+            decays = param.ndim > 1 and not name.endswith(".bias")
+            groups.setdefault((_encoder_layer(name, depth), decays), []).append(param)
+    base_encoder_lr = encoder_lr if encoder_lr is not None else lr
     result = []
-    for (is_encoder, decays), params in sorted(groups.items()):
+    for (layer, decays), params in sorted(groups.items()):
+        is_encoder = layer >= 0
         result.append({
             "params": params,
-            "lr": encoder_lr if (is_encoder and encoder_lr is not None) else lr,
+            "lr": base_encoder_lr * layer_decay ** (depth + 1 - layer) if is_encoder else lr,
             "weight_decay": weight_decay if decays else 0.0,
-            "name": f"{'encoder' if is_encoder else 'decoder'}{'' if decays else '_no_decay'}",
+            "name": (f"encoder{layer}" if is_encoder and layer_decay != 1.0 else "encoder" if is_encoder
+                     else "decoder") + ("" if decays else "_no_decay"),
         })
     if not result:
         raise ValueError("The model has no trainable parameters: check the model.freeze_* flags.")
-    return result
+    return _merge_same(result)
+
+
+def _encoder_layer(name: str, depth: int) -> int:
+    """Depth of an image-encoder parameter (see :func:`param_groups`); -1 outside the encoder."""
+    if not name.startswith("image_encoder."):
+        return -1
+    parts = name.split(".")
+    if parts[1] == "blocks":
+        return int(parts[2]) + 1
+    return depth + 1 if parts[1] == "neck" else 0
+
+
+def _merge_same(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One group per (name): without layer decay all encoder layers share a name and an lr."""
+    merged: dict[str, dict[str, Any]] = {}
+    for group in groups:
+        if group["name"] in merged and merged[group["name"]]["lr"] == group["lr"]:
+            merged[group["name"]]["params"] += group["params"]
+        else:
+            merged.setdefault(group["name"], group)
+    return list(merged.values())
 
 
 def build_optimizer(groups: list[dict[str, Any]], betas: tuple[float, float]) -> torch.optim.AdamW:

@@ -80,7 +80,7 @@ class Trainer:
         self.weighting = WEIGHTINGS.build(cfg.weighting, terms=self.terms).to(self.runtime.device)
         self.weighting.bind(self.model)
         groups = param_groups(self.model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
-                              encoder_lr=cfg.optim.encoder_lr)
+                              encoder_lr=cfg.optim.encoder_lr, layer_decay=cfg.optim.layer_decay)
         groups += self.weighting.param_groups(cfg.optim.lr)
         self.optimizer = build_optimizer(groups, betas=tuple(cfg.optim.betas))
         self.lr_scheduler = build_lr_scheduler(self.optimizer, SCHEDULES.build(cfg.schedule))
@@ -99,7 +99,7 @@ class Trainer:
 
     # -- building ---------------------------------------------------------------------------
     def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
-        return dataset_from_config(self.cfg, self.root / root, seed=seed, train=train)
+        return dataset_from_config(self.cfg, self.root, root, seed=seed, train=train)
 
     def _model(self) -> torch.nn.Module:
         model = model_from_config(self.cfg, self.root)
@@ -383,14 +383,15 @@ class Trainer:
         return run_dir
 
 
-def dataset_from_config(cfg: DictConfig, root: Path, *, seed: int, train: bool = True) -> SA1BDataset:
-    """The training (augmented, configured prompts) or evaluation (plain) dataset of a folder."""
+def dataset_from_config(cfg: DictConfig, root: Path, folder: str, *, seed: int, train: bool = True) -> SA1BDataset:
+    """The training (augmented, configured prompts) or evaluation (plain) dataset of ``root / folder``."""
     d, p = cfg.data, cfg.prompts
     return SA1BDataset(
-        root, image_size=cfg.model.image_size, max_masks=d.max_masks, prompt=p.mode if train else "point",
+        root / folder, image_size=cfg.model.image_size, max_masks=d.max_masks, prompt=p.mode if train else "point",
         box_prob=p.box_prob, transforms=list(d.augment) if train else None, min_area=d.min_area,
         max_area_frac=d.max_area_frac, min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability,
-        on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed,
+        on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed, dist_clip=d.dist_clip,
+        dist_map_cache=(root / d.dist_map_cache) if d.dist_map_cache else None,
     )
 
 
