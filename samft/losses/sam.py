@@ -365,7 +365,9 @@ def sam(
     supervise_all_iou: bool = True,
     empty_target: str = "zero",
     extra_terms: Mapping[str, Any] | None = None,
-    **extras: Any,
+    dist_map: torch.Tensor | None = None,
+    epoch: int | None = None,
+    step: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """SAM's full training objective (SAM paper App. A, SAM 2 ``MultiStepMultiMasksAndIous``).
 
@@ -396,7 +398,9 @@ def sam(
             over masks / ``num_masks`` like focal and dice (a loss without per-mask values gives its
             own mean). Each becomes a term of the result (weight 1 in ``loss``; the engine's
             weighting strategy sets the training weight).
-        extras: Batch values offered to the extra terms (``dist_map``, ``epoch``, ...).
+        dist_map, epoch, step: Batch values the engine offers; passed on to the extra terms that
+            accept them (e.g. ``boundary`` needs ``dist_map``). Declared explicitly, not as
+            ``**kwargs``, so that a misspelt option of ``sam`` is still rejected.
         empty_target: ``"zero"`` (default, SAM 2): a mask without foreground among its counted
             pixels contributes 0 to every term (the engine cannot tell an object that left the
             crop from a real empty mask); ``"keep"``: it is scored normally, which trains the
@@ -424,6 +428,7 @@ def sam(
             focal, dice_values, iou_target, iou_pred, candidates, flat_target, weight,
             norm, (focal_weight, dice_weight, iou_weight), iou_loss, supervise_all_iou, empty_target,
         )
+        extras = {k: v for k, v in (("dist_map", dist_map), ("epoch", epoch), ("step", step)) if v is not None}
         for term, spec in (extra_terms or {}).items():
             result[term] = _extra_term(term, spec, logits, target, valid, result["selected"], norm, extras)
             result["loss"] = result["loss"] + result[term]
