@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) tools/make_demo_data.py $(DEMO_DATA)
+	$(PY) tools/make_demo_data.py $(DEMO_DATA) --images 96
 	$(PY) tools/train.py configs/demo.yaml
 
 test: $(STAMP)
