@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
 
-class Schedule:
+class Schedule(abc.ABC):
     """A pure function ``step -> float`` built from its options.
 
     A schedule holds nothing but its (plain Python) options: calling it never changes it, two
@@ -21,9 +22,9 @@ class Schedule:
             raise ValueError(f"{type(self).__name__}: step must be a finite number, got {step!r}.")
         return float(self.at(step))
 
+    @abc.abstractmethod
     def at(self, step: float) -> float:
         """The schedule's formula; ``step`` is already checked to be finite."""
-        raise NotImplementedError(f"{type(self).__name__} must implement value(step).")
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and vars(self) == vars(other)

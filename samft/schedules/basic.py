@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 import bisect
 import math
 from collections.abc import Mapping
@@ -26,8 +27,26 @@ class Constant(Schedule):
         return self.value
 
 
+class _Ramp(Schedule):
+    """From ``start`` to ``end`` over ``total_steps`` steps from ``begin_step`` on, held outside;
+    subclasses give the shape ``0 -> 0, 1 -> 1`` of the way between them."""
+
+    def __init__(self, start: float, end: float, total_steps: int, begin_step: int = 0) -> None:
+        self.start = finite("start", start)
+        self.end = finite("end", end)
+        self.total_steps = count("total_steps", total_steps)
+        self.begin_step = count("begin_step", begin_step)
+
+    def at(self, step: float) -> float:
+        return self.start + (self.end - self.start) * self.shape(progress(step, self.begin_step, self.total_steps))
+
+    @abc.abstractmethod
+    def shape(self, t: float) -> float:
+        """Share of the way from ``start`` to ``end`` at progress ``t`` in [0, 1]."""
+
+
 @SCHEDULES.register("linear")
-class Linear(Schedule):
+class Linear(_Ramp):
     """Straight line from ``start`` to ``end``, held constant outside the span.
 
     ``value(s) = start + (end - start) * t`` with ``t = clamp((s - begin_step) / total_steps, 0, 1)``:
@@ -41,19 +60,12 @@ class Linear(Schedule):
         begin_step: First step of the ramp (default 0).
     """
 
-    def __init__(self, start: float, end: float, total_steps: int, begin_step: int = 0) -> None:
-        self.start = finite("start", start)
-        self.end = finite("end", end)
-        self.total_steps = count("total_steps", total_steps)
-        self.begin_step = count("begin_step", begin_step)
-
-    def at(self, step: float) -> float:
-        t = progress(step, self.begin_step, self.total_steps)
-        return self.start + (self.end - self.start) * t
+    def shape(self, t: float) -> float:
+        return t
 
 
 @SCHEDULES.register("cosine")
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half-cosine from ``start`` to ``end`` (fvcore's ``CosineParamScheduler``, SAM 2's lr schedule).
 
     ``value(s) = end + (start - end) * (1 + cos(pi * t)) / 2`` with ``t`` as in :class:`Linear`;
@@ -67,15 +79,8 @@ class Cosine(Schedule):
         begin_step: First step of the span (default 0).
     """
 
-    def __init__(self, start: float, end: float, total_steps: int, begin_step: int = 0) -> None:
-        self.start = finite("start", start)
-        self.end = finite("end", end)
-        self.total_steps = count("total_steps", total_steps)
-        self.begin_step = count("begin_step", begin_step)
-
-    def at(self, step: float) -> float:
-        t = progress(step, self.begin_step, self.total_steps)
-        return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * t))
+    def shape(self, t: float) -> float:
+        return 0.5 * (1.0 - math.cos(math.pi * t))
 
 
 @SCHEDULES.register("step")
