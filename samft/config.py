@@ -87,6 +87,8 @@ class TrainConfig:
     val_every: int = 1000
     checkpoint_every: int = 1000
     max_nonfinite_steps: int = 10  # stop after this many non-finite losses in a row (each is skipped)
+    grad_analysis_every: int = 0  # log per-term gradient norms at grad_analysis_layer every k steps (0: off)
+    grad_analysis_layer: str = "mask_decoder.transformer.norm_final_attn"  # shared by every SAM output head
     progress: bool = True
 
 

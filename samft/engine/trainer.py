@@ -34,6 +34,7 @@ from samft.losses import call_loss
 from samft.models import build_model, freeze, load_weights
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
 from samft.tracking import Tracker
+from samft.weighting.analysis import resolve_params, term_grad_norms
 
 log = logging.getLogger("samft.train")
 
@@ -179,6 +180,7 @@ class Trainer:
                             num_masks=num_masks, step=self.step, epoch=self.epoch, **targets)
             per_round.append(self._terms(out))
         terms = combine_rounds(per_round, cfg.prompts.round_loss)
+        analysis = self._term_grad_norms(terms, weights_of(self.weighting, self.step))
         total, weights = self.weighting(terms, self.step)
         if not torch.isfinite(total):
             return self._skip_nonfinite(terms)
@@ -192,10 +194,22 @@ class Trainer:
                   "skipped_files": float(batch.get("skipped", 0))}
         record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
         record.update({f"weight/{k}": float(v) for k, v in weights.items()})
+        record.update({f"grad_norm/{k}": v for k, v in analysis.items()})
         record.update({f"stat/{k}": v for k, v in loss_stats(out).items()})
         for r in sorted({0, len(per_round) - 1}):  # first vs last round: does interaction help?
             record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
         return record
+
+    def _term_grad_norms(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None) -> dict[str, float]:
+        """Per-term gradient norms at the analysis layer every ``train.grad_analysis_every`` steps
+        (seed 004's ``analyze_loss_gradients``, done with autograd.grad so the step's backward is untouched)."""
+        every = self.cfg.train.grad_analysis_every
+        if not every or self.step % every:
+            return {}
+        params = [p for p in resolve_params(self.model, self.cfg.train.grad_analysis_layer) if p.requires_grad]
+        if not params:
+            return {}
+        return term_grad_norms(terms, params, weights)
 
     def _optimizer_step(self) -> float:
         """Unscale, sync the weighting's own gradients across ranks, clip, step; returns the pre-clip norm."""
@@ -248,8 +262,9 @@ class Trainer:
             with StopSignals() as stop:
                 stopped_by = self._loop(tracker, history, val_metrics, last, stop)
             status = "KILLED" if stopped_by else "FINISHED"
+            best = self.run_dir / "checkpoints" / "best.pt"
             if stopped_by is None and cfg.tracking.log_checkpoint and self.dist.is_main:
-                tracker.log_artifact(last, "checkpoints")
+                tracker.log_artifact(best if best.is_file() else last, "checkpoints")
             tracker.log_curves()
         finally:
             tracker.close(status)
@@ -401,6 +416,13 @@ def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
     if cfg.model.checkpoint:
         load_weights(model, root / cfg.model.checkpoint, cfg.model.name)
     return model
+
+
+def weights_of(weighting: torch.nn.Module, step: int) -> dict[str, float] | None:
+    """The weights a strategy will apply at ``step`` when it can say so without side effects
+    (``fixed``); None otherwise, and gradient norms are then reported unweighted."""
+    weights_at = getattr(weighting, "weights_at", None)
+    return weights_at(step) if callable(weights_at) else None
 
 
 def dataset_fingerprint(dataset: SA1BDataset) -> str:

@@ -102,3 +102,14 @@ def test_boundary_term_trains_with_distance_maps_from_the_data(demo_data, tmp_pa
     assert all(r["loss/boundary"] != 0.0 for r in history)
     total = 20 * history[-1]["loss/focal"] + history[-1]["loss/dice"] + history[-1]["loss/iou"]
     assert abs(history[-1]["loss/total"] - (total + 0.5 * history[-1]["loss/boundary"])) < 1e-4
+
+
+def test_per_term_gradient_norms_are_logged_at_the_shared_layer(demo_data, tmp_path):
+    cfg = demo_config(demo_data, tmp_path, "train.steps=4", "data.val=null", "model.image_size=64",
+                      "tracking.log_every=1", "train.grad_analysis_every=2", "optim.grad_clip=0.01")
+    history = Trainer(cfg, project_root=tmp_path).fit().history
+    analysed = [r for r in history if "grad_norm/focal" in r]
+    assert [r["step"] for r in analysed] == [1.0, 3.0]  # steps 0 and 2, logged after the step as 1 and 3
+    for r in analysed:
+        assert r["grad_norm/focal"] > 0 and r["grad_norm/dice"] > 0 and r["grad_norm/iou"] >= 0
+    assert all(r["grad_norm"] > 0.01 for r in history)  # the pre-clip norm is what is logged
