@@ -33,6 +33,7 @@ class ModelConfig:
     freeze_image_encoder: bool = False
     freeze_prompt_encoder: bool = False
     freeze_mask_decoder: bool = False
+    activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
 
 
 @dataclass

@@ -31,7 +31,7 @@ from samft.engine.sampler import ResumableSampler
 from samft.engine.signals import StopSignals
 from samft.engine.step import loss_targets, to_device
 from samft.losses import call_loss
-from samft.models import build_model, freeze, load_weights
+from samft.models import build_model, checkpoint_activations, freeze, load_weights
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
 from samft.tracking import Tracker
 from samft.weighting.analysis import resolve_params, term_grad_norms
@@ -107,6 +107,8 @@ class Trainer:
         m = self.cfg.model
         freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
                mask_decoder=m.freeze_mask_decoder)
+        if m.activation_checkpointing:
+            checkpoint_activations(model)
         return model.to(self.runtime.device)
 
     def _wrap(self, module: InteractiveForward, rounds: Rounds) -> torch.nn.Module:

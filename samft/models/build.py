@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.utils.checkpoint
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samft.registry import did_you_mean
@@ -99,3 +100,23 @@ def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = Fa
             param.requires_grad_(not frozen)
     if image_encoder and prompt_encoder and mask_decoder:
         raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")
+
+
+def checkpoint_activations(model: Sam) -> None:
+    """Recompute each image-encoder block's activations in backward instead of storing them.
+
+    Trades one extra encoder forward for the memory of every block's activations: what makes ViT-H
+    at 1024 px and 64 masks fit on smaller GPUs. Gradients are unchanged (non-reentrant checkpoint).
+    """
+    for block in model.image_encoder.blocks:
+        if getattr(block, "_samft_checkpointed", False):
+            continue
+        plain_forward = block.forward
+
+        def forward(x: torch.Tensor, _plain=plain_forward) -> torch.Tensor:
+            if not torch.is_grad_enabled():
+                return _plain(x)
+            return torch.utils.checkpoint.checkpoint(_plain, x, use_reentrant=False)
+
+        block.forward = forward
+        block._samft_checkpointed = True

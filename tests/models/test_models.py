@@ -143,3 +143,26 @@ def test_freeze_turns_off_gradients_of_chosen_parts():
     assert all(p.requires_grad for p in model.mask_decoder.parameters())
     with pytest.raises(ValueError, match="nothing would train"):
         freeze(model, image_encoder=True, prompt_encoder=True, mask_decoder=True)
+
+
+def test_activation_checkpointing_keeps_gradients():
+    from samft.models import checkpoint_activations
+
+    grads = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = build_model("vit_tiny", 64)
+        if checkpointed:
+            checkpoint_activations(model)
+            checkpoint_activations(model)  # idempotent
+        calls = []
+        for block in model.image_encoder.blocks:
+            block.attn.register_forward_pre_hook(lambda *_: calls.append(1))
+        images = torch.randint(0, 256, (1, 3, 64, 64), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
+        emb = model.image_encoder(preprocess(model, images, torch.ones(1, 64, 64, dtype=torch.bool)))
+        emb.square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.image_encoder.named_parameters()})
+        # each block runs once, plus once more in backward when its activations were not kept
+        assert len(calls) == len(model.image_encoder.blocks) * (2 if checkpointed else 1)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
