@@ -81,6 +81,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (auto: bf16 on CUDA when supported, else fp32)
     seed: int = 0
+    grad_accum: int = 1  # batches whose gradients add up before each optimiser step
     loss_resolution: str = "low_res"  # low_res (256 for 1024 inputs) | input (logits upsampled)
     output_dir: str = "outputs"
     run_name: Optional[str] = None  # folder under output_dir; None = a timestamp

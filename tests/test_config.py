@@ -33,7 +33,7 @@ def test_overrides_change_values_and_resolved_interpolations():
 
 def test_demo_inherits_from_recipe():
     cfg = load(CONFIGS / "demo.yaml")
-    assert cfg.model.name == "vit_tiny" and cfg.model.image_size == 256
+    assert cfg.model.name == "vit_tiny" and cfg.model.image_size == 128
     assert cfg.loss.name == "sam" and cfg.optim.betas == [0.9, 0.999]  # inherited
     assert cfg.schedule.warmup_steps == 10 and cfg.schedule.after.name == "step"  # deep-merged
 

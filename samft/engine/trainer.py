@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
@@ -18,7 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from samft import __version__
-from samft.config import to_dict, to_yaml
+from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
 from samft.engine import distributed as dist
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
@@ -65,6 +66,8 @@ class Trainer:
 
     def __init__(self, cfg: DictConfig, project_root: Path | str | None = None) -> None:
         self.cfg = cfg
+        if cfg.train.grad_accum < 1:
+            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
         self.dist = dist.from_env()
         runtime = make_runtime(cfg.train.device, cfg.train.precision)
@@ -167,40 +170,57 @@ class Trainer:
         self.epoch, self.position, self.epoch_sums, self.epoch_steps = self.epoch + 1, 0, {}, 0
 
     # -- one step -----------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-        """Forward (all interactive rounds), loss, weighting, backward and optimiser step."""
-        cfg, rt = self.cfg, self.runtime
-        batch = to_device(batch, rt.device)
-        with rt.autocast():
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
+        """Forward (all interactive rounds), loss, weighting, backward and one optimiser step.
+
+        Args:
+            batch: One collated batch, or ``train.grad_accum`` of them whose gradients accumulate.
+                Every micro-batch's loss is normalised by the masks of all of them (summed over ranks),
+                so accumulating k batches of B images gives the gradient of one batch of k x B.
+        """
+        micro = [to_device(b, self.runtime.device) for b in (batch if isinstance(batch, list) else [batch])]
+        masks = sum(b["masks"].shape[0] for b in micro)
+        num_masks = dist.num_masks_across_ranks(masks, self.runtime.device)
+        sums: dict[str, torch.Tensor] = {}
+        for i, mb in enumerate(micro):
+            last = i == len(micro) - 1
+            sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward.no_sync()
+            with sync:
+                total, terms, weights, out, per_round, analysis = self._micro_step(mb, num_masks)
+                if not torch.isfinite(total):
+                    return self._skip_nonfinite(terms)
+                self.scaler.scale(total).backward()
+            sums = {k: sums.get(k, 0.0) + v.detach() for k, v in {"total": total, **terms}.items()}
+        self.nonfinite_in_row = 0
+        grad_norm = self._optimizer_step()
+        for k in terms:
+            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(sums[k])
+        self.epoch_steps += 1
+        record = {"loss/total": float(sums.pop("total")), "grad_norm": grad_norm, "masks": float(masks),
+                  "skipped_files": float(sum(b.get("skipped", 0) for b in micro))}
+        record.update({f"loss/{k}": float(v) for k, v in sums.items()})
+        record.update({f"weight/{k}": float(v) for k, v in weights.items()})
+        record.update({f"grad_norm/{k}": v for k, v in analysis.items()})
+        record.update({f"stat/{k}": v for k, v in loss_stats(out).items()})
+        for r in sorted({0, len(per_round) - 1}):  # first vs last round (of the last micro-batch)
+            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
+        return record
+
+    def _micro_step(self, batch: dict[str, Any], num_masks: float):
+        """Forward and weighted loss of one micro-batch (no backward)."""
+        with self.runtime.autocast():
             predictions = self.forward(batch, self.click_generator)
         targets = loss_targets(batch, predictions[0].logits.shape[-1])
         target = targets.pop("target")
-        num_masks = dist.num_masks_across_ranks(target.shape[0], rt.device)
         per_round = []
         for pred in predictions:
             out = call_loss(self.loss_fn, pred.logits, target, iou_pred=pred.iou_pred, candidates=pred.candidates,
                             num_masks=num_masks, step=self.step, epoch=self.epoch, **targets)
             per_round.append(self._terms(out))
-        terms = combine_rounds(per_round, cfg.prompts.round_loss)
+        terms = combine_rounds(per_round, self.cfg.prompts.round_loss)
         analysis = self._term_grad_norms(terms, weights_of(self.weighting, self.step))
         total, weights = self.weighting(terms, self.step)
-        if not torch.isfinite(total):
-            return self._skip_nonfinite(terms)
-        self.nonfinite_in_row = 0
-        self.scaler.scale(total).backward()
-        grad_norm = self._optimizer_step()
-        for k, v in terms.items():
-            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(v.detach())
-        self.epoch_steps += 1
-        record = {"loss/total": float(total.detach()), "grad_norm": grad_norm, "masks": float(target.shape[0]),
-                  "skipped_files": float(batch.get("skipped", 0))}
-        record.update({f"loss/{k}": float(v.detach()) for k, v in terms.items()})
-        record.update({f"weight/{k}": float(v) for k, v in weights.items()})
-        record.update({f"grad_norm/{k}": v for k, v in analysis.items()})
-        record.update({f"stat/{k}": v for k, v in loss_stats(out).items()})
-        for r in sorted({0, len(per_round) - 1}):  # first vs last round: does interaction help?
-            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
-        return record
+        return total, terms, weights, out, per_round, analysis
 
     def _term_grad_norms(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None) -> dict[str, float]:
         """Per-term gradient norms at the analysis layer every ``train.grad_analysis_every`` steps
@@ -282,12 +302,12 @@ class Trainer:
         while self.step < cfg.train.steps:
             if stop.received:
                 break
-            batch = next(batches)
-            record = self.train_step(batch)
+            micro = [next(batches) for _ in range(cfg.train.grad_accum)]
+            record = self.train_step(micro)
             if "nonfinite_skipped" in record:  # no optimiser step was taken: the step count stays
                 continue
             self.step += 1
-            images += batch["images"].shape[0]
+            images += sum(b["images"].shape[0] for b in micro)
             progress.update(1)
             if self.step % cfg.tracking.log_every == 0 or self.step == cfg.train.steps:
                 record.update(self._lr_record())

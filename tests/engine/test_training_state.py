@@ -142,3 +142,42 @@ def test_ddp_two_processes_match_one_process_on_the_same_images(demo_data, tmp_p
     scale = max(float(g.abs().max()) for g in single.values())
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5 * scale, rtol=1e-4, msg=key)
+
+
+def gradients_of_one_step(trainer, batches):
+    captured = {}
+
+    def capture_instead_of_stepping():
+        captured.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
+                         if p.grad is not None})
+        return 0.0
+
+    trainer._optimizer_step = capture_instead_of_stepping
+    record = trainer.train_step(batches)
+    return captured, record
+
+
+def test_gradient_accumulation_equals_the_larger_batch(demo_data, tmp_path):
+    """2 accumulated batches of 1 image == 1 batch of the same 2 images (masks counted over both)."""
+    settings = ["train.steps=1", "prompts.correction_clicks=0", "prompts.extra_rounds=0", "data.max_masks=16"]
+    big = Trainer(tiny_config(demo_data, tmp_path, *settings, "data.batch_size=2"))
+    small = Trainer(tiny_config(demo_data, tmp_path, *settings, "data.batch_size=1", "train.grad_accum=2"))
+    pair = next(big._batches(big._loader(big.train_set, big.sampler)))
+    stream = small._batches(small._loader(small.train_set, small.sampler))
+    singles = [next(stream), next(stream)]
+    assert [s["meta"][0]["file"] for s in singles] == [m["file"] for m in pair["meta"]]
+    assert singles[0]["masks"].shape[0] != singles[1]["masks"].shape[0]  # unequal: normalisation matters
+    grads_big, record_big = gradients_of_one_step(big, pair)
+    grads_small, record_small = gradients_of_one_step(small, singles)
+    assert record_small["masks"] == record_big["masks"]
+    assert abs(record_small["loss/total"] - record_big["loss/total"]) < 1e-5
+    scale = max(float(g.abs().max()) for g in grads_big.values())
+    for key in grads_big:
+        torch.testing.assert_close(grads_small[key], grads_big[key], atol=1e-5 * scale, rtol=1e-4, msg=key)
+
+
+def test_grad_accum_must_be_positive(demo_data, tmp_path):
+    from samft.config import ConfigError
+
+    with pytest.raises(ConfigError, match="grad_accum"):
+        Trainer(tiny_config(demo_data, tmp_path, "train.grad_accum=0"))
