@@ -34,6 +34,7 @@ class ModelConfig:
     freeze_prompt_encoder: bool = False
     freeze_mask_decoder: bool = False
     activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
+    embedding_cache: Optional[str] = None  # folder caching image embeddings (frozen encoder, no augment)
 
 
 @dataclass

@@ -57,7 +57,10 @@ class InteractiveForward(nn.Module):
         self.sam, self.rounds, self.multimask, self.resolution = sam, rounds, multimask, resolution
 
     def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> list[Prediction]:
-        embeddings = encode_images(self.sam, batch)
+        """Every round's predictions; ``batch["embeddings"]`` (from the embedding cache) skips the encoder."""
+        embeddings = batch.get("embeddings")
+        if embeddings is None:
+            embeddings = encode_images(self.sam, batch)
         return run_rounds(self.sam, embeddings, batch, self.rounds, multimask=self.multimask,
                           resolution=self.resolution, generator=generator)
 

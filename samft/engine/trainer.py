@@ -23,6 +23,7 @@ from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
 from samft.engine import distributed as dist
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
+from samft.engine.embedding_cache import EmbeddingCache
 from samft.engine.evaluate import evaluate
 from samft.engine.interactive import InteractiveForward, Rounds, combine_rounds
 from samft.engine.optim import build_lr_scheduler, build_optimizer, param_groups
@@ -30,7 +31,7 @@ from samft.engine.rng import get_rng_state, set_rng_state
 from samft.engine.runtime import make_runtime, seed_everything
 from samft.engine.sampler import ResumableSampler
 from samft.engine.signals import StopSignals
-from samft.engine.step import loss_targets, to_device
+from samft.engine.step import encode_images, loss_targets, to_device
 from samft.losses import call_loss
 from samft.models import build_model, checkpoint_activations, freeze, load_weights
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
@@ -93,6 +94,7 @@ class Trainer:
         rounds = Rounds(p.correction_clicks, p.extra_rounds, p.feed_back_mask)
         self.forward = self._wrap(InteractiveForward(self.model, rounds, multimask=p.multimask,
                                                      resolution=cfg.train.loss_resolution), rounds)
+        self.embedding_cache = self._embedding_cache()
         self.click_generator = torch.Generator(self.runtime.device).manual_seed(cfg.train.seed + self.dist.rank)
         self.step = self.epoch = self.position = 0  # position: batches drawn in the current epoch
         self.epoch_sums: dict[str, float] = {}  # per-term loss sums of the epoch, for weighting.epoch_end
@@ -113,6 +115,32 @@ class Trainer:
         if m.activation_checkpointing:
             checkpoint_activations(model)
         return model.to(self.runtime.device)
+
+    def _embedding_cache(self) -> EmbeddingCache | None:
+        m = self.cfg.model
+        if not m.embedding_cache:
+            return None
+        if not m.freeze_image_encoder:
+            raise ConfigError("model.embedding_cache needs model.freeze_image_encoder=true: a trained encoder "
+                              "changes its embeddings every step.")
+        if self.cfg.data.augment:
+            raise ConfigError("model.embedding_cache needs data.augment: [] (augmented images differ every "
+                              "epoch, so their embeddings cannot be reused).")
+        return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size)
+
+    def _cached_embeddings(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with ``embeddings`` from the cache (the misses encoded once and stored)."""
+        if self.embedding_cache is None:
+            return batch
+
+        def encode(rows: list[int]) -> torch.Tensor:
+            part = {"images": batch["images"][rows], "valid": batch["valid"][rows]}
+            with self.runtime.autocast():
+                return encode_images(self.model, part).float()
+
+        files = [meta["file"] for meta in batch["meta"]]
+        embeddings = self.embedding_cache.embeddings(files, encode)
+        return {**batch, "embeddings": embeddings.to(self.runtime.device, torch.float32)}
 
     def _wrap(self, module: InteractiveForward, rounds: Rounds) -> torch.nn.Module:
         if not self.dist.enabled:
@@ -208,6 +236,7 @@ class Trainer:
 
     def _micro_step(self, batch: dict[str, Any], num_masks: float):
         """Forward and weighted loss of one micro-batch (no backward)."""
+        batch = self._cached_embeddings(batch)
         with self.runtime.autocast():
             predictions = self.forward(batch, self.click_generator)
         targets = loss_targets(batch, predictions[0].logits.shape[-1])

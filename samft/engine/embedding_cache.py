@@ -1,0 +1,95 @@
+"""On-disk cache of image embeddings for decoder-only fine-tuning.
+
+With the image encoder frozen (and no image augmentation), an image's embedding never changes, yet
+the encoder is by far the most expensive part of SAM. The cache computes each embedding once and
+reads it back in later epochs and later runs. Entries live under a folder named by a fingerprint
+of everything the embedding depends on: the encoder's weights, the input size and the
+preprocessing version. Another checkpoint, input size or preprocessing finds another folder, so a
+stale embedding is never served. Entries are written atomically, so concurrent ranks and
+interrupted runs never leave a half-written file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Bump when resize/pad/normalisation change: every cached embedding is then recomputed.
+PREPROCESSING_VERSION = 1
+
+
+def encoder_fingerprint(encoder: nn.Module, image_size: int) -> str:
+    """Hash of the encoder's weights, the input size and the preprocessing version."""
+    digest = hashlib.sha1(f"v{PREPROCESSING_VERSION}:{image_size}".encode())
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Image embeddings ``[C, h, w]`` keyed by image file, stored as fp16 ``.pt`` files.
+
+    Args:
+        folder: Cache root; entries go to ``folder/<encoder fingerprint>/``.
+        encoder: The frozen image encoder (its weights are part of the key).
+        image_size: Model input side.
+    """
+
+    def __init__(self, folder: str | Path, encoder: nn.Module, image_size: int) -> None:
+        if any(p.requires_grad for p in encoder.parameters()):
+            raise ValueError("The embedding cache needs a frozen image encoder: set model.freeze_image_encoder=true.")
+        self.fingerprint = encoder_fingerprint(encoder, image_size)
+        self.folder = Path(folder) / self.fingerprint
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+
+    def _path(self, image_file: str) -> Path:
+        return self.folder / (hashlib.sha1(str(Path(image_file).resolve()).encode()).hexdigest() + ".pt")
+
+    def get(self, image_file: str) -> torch.Tensor | None:
+        """The cached embedding of ``image_file``, or None."""
+        path = self._path(image_file)
+        if not path.is_file():
+            return None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # a foreign or damaged file is a miss, recomputed and replaced
+            return None
+
+    def put(self, image_file: str, embedding: torch.Tensor) -> None:
+        """Store ``embedding`` ``[C, h, w]`` (as fp16) atomically."""
+        path = self._path(image_file)
+        fd, tmp = tempfile.mkstemp(prefix=".emb.", suffix=".tmp", dir=self.folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(embedding.detach().to("cpu", torch.float16).contiguous(), handle)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @torch.no_grad()
+    def embeddings(self, files: list[str], compute) -> torch.Tensor:
+        """``[B, C, h, w]`` embeddings of ``files``: cached ones read, the others computed and stored.
+
+        Args:
+            files: Image files of the batch, in batch order.
+            compute: ``compute(indices) -> [len(indices), C, h, w]`` encodes the batch images at those
+                positions (only the misses are encoded).
+        """
+        found = [self.get(f) for f in files]
+        missing = [i for i, e in enumerate(found) if e is None]
+        self.hits += len(files) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            computed = compute(missing)
+            for i, embedding in zip(missing, computed):
+                self.put(files[i], embedding)
+                found[i] = embedding.detach().to("cpu", torch.float16)
+        return torch.stack(found)
