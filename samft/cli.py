@@ -87,7 +87,7 @@ def _evaluate(argv: list[str]) -> int:
     from samft.config import ConfigError, load
     from samft.engine.evaluate import evaluate
     from samft.engine.runtime import make_runtime
-    from samft.engine.trainer import dataset_from_config, model_from_config
+    from samft.engine.build import dataset_from_config, model_from_config
     from torch.utils.data import DataLoader
     from samft.data import collate_masks
 

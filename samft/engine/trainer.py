@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import time
@@ -18,10 +17,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from samft import __version__
 from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
 from samft.engine import distributed as dist
+from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
 from samft.engine.embedding_cache import EmbeddingCache
 from samft.engine.evaluate import evaluate
@@ -32,8 +31,8 @@ from samft.engine.runtime import make_runtime, seed_everything
 from samft.engine.sampler import ResumableSampler
 from samft.engine.signals import StopSignals
 from samft.engine.step import encode_images, loss_targets, to_device
-from samft.losses import call_loss
-from samft.models import build_model, checkpoint_activations, freeze, load_weights
+from samft.losses import call_loss, loss_stats, loss_terms
+from samft.models import checkpoint_activations, freeze
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
 from samft.tracking import Tracker
 from samft.weighting.analysis import resolve_params, term_grad_norms
@@ -426,8 +425,8 @@ class Trainer:
             return Tracker.disabled()
         tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
                                 resume_run_id=self.run_id,
-                                tags={"samft_version": __version__, "run_dir": str(self.run_dir),
-                                      "dataset_fingerprint": dataset_fingerprint(self.train_set)})
+                                tags={"samft.run_dir": str(self.run_dir),
+                                      "samft.dataset_fingerprint": dataset_fingerprint(self.train_set)})
         log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)
         return tracker
 
@@ -449,59 +448,8 @@ class Trainer:
         return run_dir
 
 
-def dataset_from_config(cfg: DictConfig, root: Path, folder: str, *, seed: int, train: bool = True) -> SA1BDataset:
-    """The training (augmented, configured prompts) or evaluation (plain) dataset of ``root / folder``."""
-    d, p = cfg.data, cfg.prompts
-    return SA1BDataset(
-        root / folder, image_size=cfg.model.image_size, max_masks=d.max_masks, prompt=p.mode if train else "point",
-        box_prob=p.box_prob, transforms=list(d.augment) if train else None, min_area=d.min_area,
-        max_area_frac=d.max_area_frac, min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability,
-        on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed, dist_clip=d.dist_clip,
-        dist_map_cache=(root / d.dist_map_cache) if d.dist_map_cache else None,
-    )
-
-
-def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
-    """The configured SAM with ``model.checkpoint`` loaded (paths relative to ``root``), on the CPU."""
-    model = build_model(cfg.model.name, cfg.model.image_size)
-    if cfg.model.checkpoint:
-        load_weights(model, root / cfg.model.checkpoint, cfg.model.name)
-    return model
-
-
 def weights_of(weighting: torch.nn.Module, step: int) -> dict[str, float] | None:
     """The weights a strategy will apply at ``step`` when it can say so without side effects
     (``fixed``); None otherwise, and gradient norms are then reported unweighted."""
     weights_at = getattr(weighting, "weights_at", None)
     return weights_at(step) if callable(weights_at) else None
-
-
-def dataset_fingerprint(dataset: SA1BDataset) -> str:
-    """Short hash of the dataset's content as indexed (json names, image sizes, annotation counts and
-    areas): equal for copies of the same data, different when a file or an annotation changes."""
-    digest = hashlib.sha1()
-    for rec in dataset.records:
-        digest.update(repr((rec["json"], rec.get("height"), rec.get("width"), rec.get("area"))).encode())
-    return digest.hexdigest()[:12]
-
-
-def loss_terms(out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
-    """The weightable terms of a loss result: 0-dim tensors that carry a gradient.
-
-    A loss returning a single tensor has one term, ``loss``. A dict's ``loss`` entry is the loss's own
-    weighted sum; the weighting strategy recombines the terms instead, so it is not a term itself.
-    """
-    if isinstance(out, torch.Tensor):
-        return {"loss": out}
-    terms = {k: v for k, v in out.items()
-             if k != "loss" and isinstance(v, torch.Tensor) and v.ndim == 0 and v.requires_grad}
-    return terms or {"loss": out["loss"]}
-
-
-def loss_stats(out: torch.Tensor | dict[str, Any]) -> dict[str, float]:
-    """Scalar statistics a loss reports beside its terms (coverage, current weights, ...)."""
-    if isinstance(out, torch.Tensor):
-        return {}
-    return {k: float(v) for k, v in out.items()
-            if k != "loss" and (isinstance(v, (int, float)) or
-                                (isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad))}

@@ -239,3 +239,25 @@ def _describe(value: Any) -> str:
     if torch.is_tensor(value):
         return f"a {value.dtype} tensor of shape {tuple(value.shape)}"
     return type(value).__name__
+
+
+def loss_terms(out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weightable terms of a loss result: 0-dim tensors that carry a gradient.
+
+    A loss returning a single tensor has one term, ``loss``. A dict's ``loss`` entry is the loss's own
+    weighted sum; the weighting strategy recombines the terms instead, so it is not a term itself.
+    """
+    if isinstance(out, torch.Tensor):
+        return {"loss": out}
+    terms = {k: v for k, v in out.items()
+             if k != "loss" and isinstance(v, torch.Tensor) and v.ndim == 0 and v.requires_grad}
+    return terms or {"loss": out["loss"]}
+
+
+def loss_stats(out: torch.Tensor | dict[str, Any]) -> dict[str, float]:
+    """Scalar statistics a loss reports beside its terms (coverage, current weights, ...)."""
+    if isinstance(out, torch.Tensor):
+        return {}
+    return {k: float(v) for k, v in out.items()
+            if k != "loss" and (isinstance(v, (int, float)) or
+                                (isinstance(v, torch.Tensor) and v.ndim == 0 and not v.requires_grad))}

@@ -115,3 +115,15 @@ def test_call_loss_with_registry_built_losses_and_real_tensors():
     sam = LOSSES.build({"name": "sam"})
     result = call_loss(sam, torch.zeros(2, 3, 4, 4), target, iou_pred=torch.zeros(2, 3), epoch=1, dist_map=None)
     assert set(result) == {"loss", "focal", "dice", "iou", "selected"}
+
+
+def test_loss_terms_and_stats_split_a_loss_result():
+    from samft.losses import loss_stats, loss_terms
+
+    x = torch.ones(2, requires_grad=True)
+    out = {"loss": x.sum() * 3, "focal": x.sum(), "dice": x.mean(), "coverage": torch.tensor(0.5),
+           "boundary_weight": 0.01, "selected": torch.tensor([1, 2])}
+    assert set(loss_terms(out)) == {"focal", "dice"}
+    assert loss_stats(out) == {"coverage": 0.5, "boundary_weight": 0.01}
+    assert set(loss_terms(x.sum())) == {"loss"} and loss_stats(x.sum()) == {}
+    assert set(loss_terms({"loss": x.sum(), "coverage": torch.tensor(1.0)})) == {"loss"}  # no terms: the total
