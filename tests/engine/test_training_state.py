@@ -181,3 +181,29 @@ def test_grad_accum_must_be_positive(demo_data, tmp_path):
 
     with pytest.raises(ConfigError, match="grad_accum"):
         Trainer(tiny_config(demo_data, tmp_path, "train.grad_accum=0"))
+
+
+def test_bf16_autocast_trains_with_finite_fp32_losses(demo_data, tmp_path):
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=3", "train.precision=bf16",
+                                  "tracking.log_every=1"))
+    assert trainer.runtime.amp_dtype == torch.bfloat16
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    history = trainer.fit().history
+    assert len(history) == 3 and all(torch.isfinite(torch.tensor(r["loss/total"])) for r in history)
+    assert all(v.dtype == torch.float32 for v in trainer.model.state_dict().values() if v.is_floating_point())
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+
+
+def test_resumed_run_continues_the_same_mlflow_run(demo_data, tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking = ["tracking.enabled=true", f"tracking.uri={uri}", "tracking.system_metrics=false",
+                "tracking.log_every=1", "train.run_name=continued"]
+    first = Trainer(tiny_config(demo_data, tmp_path, "train.steps=2", *tracking)).fit()
+    second = Trainer(tiny_config(demo_data, tmp_path, "train.steps=4", "train.resume=auto", *tracking)).fit()
+    assert second.run_id == first.run_id
+    client = mlflow.tracking.MlflowClient(tracking_uri=uri)
+    steps = [m.step for m in client.get_metric_history(first.run_id, "loss/total")]
+    assert steps == [1, 2, 3, 4]
+    assert client.get_run(first.run_id).info.status == "FINISHED"
