@@ -325,7 +325,8 @@ class Trainer:
         cfg = self.cfg
         batches = self._batches(self._loader(self.train_set, self.sampler))
         progress = tqdm(total=cfg.train.steps, initial=self.step, desc="train", unit="step",
-                        disable=not (cfg.train.progress and self.dist.is_main))
+                        # None: tqdm shows the bar on a terminal only, not in batch-job logs
+                        disable=None if cfg.train.progress and self.dist.is_main else True)
         started, images = time.perf_counter(), 0
         while self.step < cfg.train.steps:
             if stop.received:
