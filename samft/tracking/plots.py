@@ -12,8 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from samft.metrics import mask_iou  # one IoU definition (1.0 when both masks are empty)
 
 GT_COLOR = (0.1, 0.9, 0.2)
 PRED_COLOR = (1.0, 0.2, 0.8)
@@ -95,13 +98,6 @@ def binary_masks(masks: Any, name: str, batch: int, size: tuple[int, int]) -> np
     return binary
 
 
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two bool masks; 1.0 when both are empty (nothing to find, nothing found)."""
-    union = np.logical_or(pred, gt).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred, gt).sum() / union)
-
 
 def _mask_colors(count: int, single: tuple[float, float, float]) -> list[Any]:
     if count == 1:
@@ -164,7 +160,7 @@ def overlay_figure(
     fig = Figure(figsize=(4 * PANEL_INCHES, rows * PANEL_INCHES), dpi=80)
     axes = fig.subplots(rows, 4, squeeze=False)
     for r in range(rows):
-        iou = float(np.mean([mask_iou(p, g) for p, g in zip(preds[r], gts[r])]))
+        iou = float(mask_iou(torch.from_numpy(preds[r]).float(), torch.from_numpy(gts[r]).float()).mean())
         iou_text = f"IoU {iou:.3f}" if count == 1 else f"mIoU {iou:.3f}, {count} masks"
         panels = [
             (imgs[r], "image"),

@@ -40,15 +40,6 @@ def test_binary_masks_threshold_resize_and_shape_errors() -> None:
         plots.binary_masks(np.zeros((3, 4, 4)), "gt_masks", 2, (4, 4))
 
 
-def test_mask_iou_hand_values() -> None:
-    a = np.array([1, 1, 0, 0], bool)
-    b = np.array([1, 0, 1, 0], bool)
-    assert plots.mask_iou(a, b) == pytest.approx(1 / 3)
-    assert plots.mask_iou(a, a) == 1.0
-    assert plots.mask_iou(np.zeros(4, bool), np.zeros(4, bool)) == 1.0
-    assert plots.mask_iou(a, np.zeros(4, bool)) == 0.0
-
-
 def test_overlay_with_several_masks_and_sam_prompts(tmp_path) -> None:
     image = torch.rand(1, 3, 64, 48)
     gt = torch.zeros(1, 3, 64, 48, dtype=torch.bool)
