@@ -16,13 +16,6 @@ SIGMAS = (1.0, 3.0, 10.0, 30.0)
 TERMS = [f"task{i}" for i in range(len(SIGMAS))]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Tiny matmuls: on a loaded 2-core machine a second thread only adds contention.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def toy_data(seed: int = 0, n: int = 256, din: int = 16, dout: int = 8):
