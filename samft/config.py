@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, get_type_hints
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
@@ -261,15 +261,12 @@ def _unknown_key_message(exc: ConfigKeyError, source: str) -> str:
 
 
 def _known_keys(dotted_parent: str) -> list[str]:
+    """Field names of the schema section at ``dotted_parent`` ("" = top level); [] for free-form dicts."""
     schema: Any = Config
     for part in filter(None, dotted_parent.split(".")):
-        match = [f for f in fields(schema) if f.name == part]
-        if not match:
-            return []
-        schema = match[0].default_factory() if match[0].default_factory is not None else None  # type: ignore[misc]
+        schema = get_type_hints(schema).get(part)
         if not is_dataclass(schema):
             return []
-        schema = type(schema)
     return [f.name for f in fields(schema)]
 
 

@@ -101,6 +101,7 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.run_id: str | None = None
         self.best: float | None = None
+        self.val_loader: DataLoader | None = None
 
     # -- building ---------------------------------------------------------------------------
     def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
@@ -318,6 +319,7 @@ class Trainer:
             tracker.log_curves()
         finally:
             tracker.close(status)
+            dist.shutdown()  # the process group init() joined in __init__
         return FitResult(self.run_dir, self.step, history, val_metrics, last, tracker.run_id, tracker.ui_hint,
                          stopped_by)
 
@@ -361,7 +363,9 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         e = self.cfg.eval
-        result = evaluate(self.model, self._loader(self.val_set), self.runtime, max_images=e.max_images,
+        if self.val_loader is None:  # built once: persistent workers are reused across validations
+            self.val_loader = self._loader(self.val_set)
+        result = evaluate(self.model, self.val_loader, self.runtime, max_images=e.max_images,
                           max_masks=e.max_masks, multimask=self.cfg.prompts.multimask, clicks=e.clicks,
                           seed=e.seed, keep_examples=self.cfg.tracking.overlays)
         metrics = {f"val/{k}": v for k, v in result.metrics.items()}
