@@ -85,6 +85,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        self.strategy.step_end(True)
         self.step_index += 1
         return time.perf_counter() - start, time.process_time() - start_cpu
 

@@ -61,3 +61,13 @@ def find_resume_checkpoint(resume: str | None, folder: str | Path, *, search_run
     candidates = folder.glob("*/checkpoints/last.pt") if search_runs else folder.glob("last.pt")
     existing = sorted(candidates, key=lambda p: p.stat().st_mtime)
     return existing[-1] if existing else None
+
+
+def remove_partial_writes(folder: str | Path) -> list[Path]:
+    """Delete the temp files of checkpoint writes that never finished (the process was killed between
+    ``mkstemp`` and ``os.replace``). Call it only while no write is under way (at start-up)."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed

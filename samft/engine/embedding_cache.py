@@ -15,9 +15,14 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import Dataset
+
+from samft.data import collate_masks
+from samft.data.sa1b import SKIPPED
 
 # Bump when resize/pad/normalisation change: every cached embedding is then recomputed.
 PREPROCESSING_VERSION = 1
@@ -75,15 +80,17 @@ class EmbeddingCache:
             raise
 
     @torch.no_grad()
-    def embeddings(self, files: list[str], compute) -> torch.Tensor:
+    def embeddings(self, files: list[str], compute, found: list[torch.Tensor | None] | None = None) -> torch.Tensor:
         """``[B, C, h, w]`` embeddings of ``files``: cached ones read, the others computed and stored.
 
         Args:
             files: Image files of the batch, in batch order.
             compute: ``compute(indices) -> [len(indices), C, h, w]`` encodes the batch images at those
                 positions (only the misses are encoded).
+            found: Entries already read for ``files`` (None for a miss), e.g. by the data loader's
+                workers ahead of time (:func:`with_cached_embeddings`); read here when not given.
         """
-        found = [self.get(f) for f in files]
+        found = [self.get(f) for f in files] if found is None else list(found)
         missing = [i for i, e in enumerate(found) if e is None]
         self.hits += len(files) - len(missing)
         self.misses += len(missing)
@@ -93,3 +100,33 @@ class EmbeddingCache:
                 self.put(files[i], embedding)
                 found[i] = embedding.detach().to("cpu", torch.float16)
         return torch.stack(found)
+
+
+class _WithCachedEmbeddings(Dataset):
+    """A dataset whose items also carry their cached embedding (or None), so the data loader's
+    workers read the cache ahead of the training step instead of the step waiting for the disk."""
+
+    def __init__(self, dataset: Dataset, cache: EmbeddingCache) -> None:
+        self.dataset, self.cache = dataset, cache
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.dataset[index]
+        if SKIPPED not in item:
+            item["cached_embedding"] = self.cache.get(item["meta"]["file"])
+        return item
+
+
+def _collate_with_embeddings(items: list[dict[str, Any]]) -> dict[str, Any]:
+    batch = collate_masks(items)
+    batch["cached_embeddings"] = [it["cached_embedding"] for it in items if SKIPPED not in it]
+    return batch
+
+
+def with_cached_embeddings(dataset: Dataset, cache: EmbeddingCache) -> tuple[Dataset, Any]:
+    """``(dataset, collate_fn)`` for a DataLoader whose batches carry ``cached_embeddings``: one entry
+    per image, the cached ``[C, h, w]`` embedding or None (to be computed by
+    :meth:`EmbeddingCache.embeddings`). With ``data.num_workers > 0`` the reads overlap training."""
+    return _WithCachedEmbeddings(dataset, cache), _collate_with_embeddings

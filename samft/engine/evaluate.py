@@ -17,6 +17,7 @@ import torch
 from scipy import ndimage
 from segment_anything.modeling import Sam
 
+from samft.engine import distributed as dist
 from samft.engine.runtime import Runtime
 from samft.engine.interactive import Rounds, run_rounds
 from samft.engine.step import encode_images, to_device
@@ -83,9 +84,20 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
         examples += _examples(batch, binary, keep_examples - len(examples))
         seen += batch["images"].shape[0]
     model.train(was_training)
-    metrics = {k: float(torch.cat(v).mean()) if v else float("nan") for k, v in values.items()}
-    metrics["num_masks"] = float(sum(len(v) for v in values.get("miou_point", [])))
-    return EvalResult(metrics, examples)
+    return EvalResult(mean_over_ranks(values, runtime.device), examples)
+
+
+def mean_over_ranks(values: dict[str, list[torch.Tensor]], device: torch.device) -> dict[str, float]:
+    """Per-key means of per-mask values, over every rank's share when several ranks evaluate
+    (one all-reduce of sums and counts; the same metrics on every rank), and ``num_masks``."""
+    keys = sorted({k for rank_keys in dist.all_gather(sorted(values)) for k in rank_keys})
+    parts = [torch.cat(values[k]) if values.get(k) else torch.zeros(0) for k in keys]
+    sums = torch.tensor([[float(p.double().sum()), p.numel()] for p in parts], dtype=torch.float64,
+                        device=device).reshape(-1, 2)
+    totals = dist.device_sum_(sums).tolist()
+    metrics = {k: s / n if n else float("nan") for k, (s, n) in zip(keys, totals)}
+    metrics["num_masks"] = float(dict(zip(keys, totals)).get("miou_point", (0.0, 0.0))[1])
+    return metrics
 
 
 def _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator) -> dict[str, torch.Tensor]:

@@ -45,6 +45,10 @@ def select_device(requested: str = "auto") -> torch.device:
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"train.device={requested} but CUDA is not available here. Use train.device=auto or cpu.")
+    if device.type == "cuda" and device.index is not None:
+        # Kernels launched without an explicit device, and libraries that use "the current device",
+        # would otherwise run on cuda:0.
+        torch.cuda.set_device(device)
     return device
 
 
@@ -56,13 +60,25 @@ def resolve_precision(requested: str, device: torch.device) -> str:
         if requested == "fp16" and device.type == "cpu":
             raise ValueError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32.")
         return requested
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+    if device.type == "cuda" and native_bf16(device):
         return "bf16"
     return "fp32"
 
 
-def make_runtime(device: str = "auto", precision: str = "auto") -> Runtime:
+def native_bf16(device: torch.device) -> bool:
+    """bf16 in hardware (compute capability >= 8.0, Ampere on). ``torch.cuda.is_bf16_supported()``
+    also counts emulation, which would pick slow bf16 on a V100 or T4; it also touches the *current*
+    device, so it is asked here about ``device`` explicitly."""
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
+
+
+def make_runtime(device: str = "auto", precision: str = "auto", dist_init=None) -> Runtime:
+    """The run's device and precision. ``dist_init(device) -> device`` joins the process group and
+    picks this rank's device first (``cuda:LOCAL_RANK``), so precision is resolved on that device."""
     dev = select_device(device)
+    if dist_init is not None:
+        dev = dist_init(dev)
     return Runtime(device=dev, precision=resolve_precision(precision, dev))
 
 

@@ -57,3 +57,20 @@ class ResumableSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return self.per_rank - self.start
+
+
+class ShardSampler(Sampler[int]):
+    """This rank's share of ``range(length)`` in order, without padding (for evaluation, where a
+    repeated image would be counted twice): rank r takes r, r + world_size, ...
+
+    Shares differ by at most one image; nothing inside an evaluation is a collective, so that is fine.
+    """
+
+    def __init__(self, length: int, *, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)

@@ -1,4 +1,15 @@
-"""The training loop: build everything from the config, then run steps you can read top to bottom."""
+"""The training loop: build everything from the config, then run steps you can read top to bottom.
+
+Multi-process runs (torchrun) follow two rules. Every decision that changes control flow (skip a
+batch, skip a step, stop, end an epoch, keep a best checkpoint, which checkpoint to resume, which run
+folder) is taken collectively (:mod:`samft.engine.distributed`), so every rank walks the same path
+and reaches the same collectives. Only rank 0 touches files that all ranks need (checkpoints, the run
+folder); what it reads, it broadcasts, so nodes need no shared filesystem.
+
+A step reads back from the device once: the go/no-go flag (any rank's loss non-finite, or the
+gradients overflowed) that decides whether the optimiser steps and the schedule advances. Logged
+values stay on the device and are read at log steps only, reduced over ranks, in one transfer.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +32,14 @@ from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
 from samft.engine import distributed as dist
 from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
-from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
-from samft.engine.embedding_cache import EmbeddingCache
+from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial_writes, save_atomic
+from samft.engine.embedding_cache import EmbeddingCache, with_cached_embeddings
 from samft.engine.evaluate import evaluate
 from samft.engine.interactive import InteractiveForward, Rounds, combine_rounds
 from samft.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from samft.engine.rng import get_rng_state, set_rng_state
 from samft.engine.runtime import make_runtime, seed_everything
-from samft.engine.sampler import ResumableSampler
+from samft.engine.sampler import ResumableSampler, ShardSampler
 from samft.engine.signals import StopSignals
 from samft.engine.step import encode_images, loss_targets, to_device
 from samft.losses import call_loss, loss_stats, loss_terms
@@ -56,6 +67,27 @@ class FitResult:
     stopped_by: str | None = None  # signal name when preempted, else None
 
 
+@dataclass
+class StepResult:
+    """What one :meth:`Trainer.train_step` did. Values stay on the device until :meth:`Trainer.record`.
+
+    Attributes:
+        stepped: The optimiser stepped (False: a rank's loss was non-finite or the gradients
+            overflowed; the same on every rank).
+        values: Logged values as 0-dim tensors (``loss/<term>``, ``weight/<term>``, ``grad_norm``,
+            ``loss_round<r>/<term>``) or numbers.
+        masks: Masks trained on this rank.
+        skipped_files: Unreadable files the data pipeline skipped in these batches.
+        loss_output: The last micro-batch's loss output (its extra statistics are logged).
+    """
+
+    stepped: bool
+    values: dict[str, Any] = field(default_factory=dict)
+    masks: int = 0
+    skipped_files: int = 0
+    loss_output: Any = None
+
+
 class Trainer:
     """Fine-tunes SAM on an SA-1B-style dataset as the config says.
 
@@ -70,10 +102,9 @@ class Trainer:
             raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
         self.dist = dist.from_env()
-        runtime = make_runtime(cfg.train.device, cfg.train.precision)
-        self.runtime = type(runtime)(dist.init(runtime.device, self.dist), runtime.precision)
+        self.runtime = make_runtime(cfg.train.device, cfg.train.precision,
+                                    dist_init=lambda device: dist.init(device, self.dist))
         seed_everything(cfg.train.seed)
-        self.run_dir = self._run_dir()
         self.train_set = self._dataset(cfg.data.train, seed=cfg.train.seed)
         self.val_set = self._dataset(cfg.data.val, seed=cfg.eval.seed, train=False) if cfg.data.val else None
         self.sampler = ResumableSampler(len(self.train_set), seed=cfg.train.seed, rank=self.dist.rank,
@@ -92,16 +123,18 @@ class Trainer:
         p = cfg.prompts
         rounds = Rounds(p.correction_clicks, p.extra_rounds, p.feed_back_mask)
         self.forward = self._wrap(InteractiveForward(self.model, rounds, multimask=p.multimask,
-                                                     resolution=cfg.train.loss_resolution), rounds)
+                                                     resolution=cfg.train.loss_resolution))
         self.embedding_cache = self._embedding_cache()
         self.click_generator = torch.Generator(self.runtime.device).manual_seed(cfg.train.seed + self.dist.rank)
         self.step = self.epoch = self.position = 0  # position: batches drawn in the current epoch
-        self.epoch_sums: dict[str, float] = {}  # per-term loss sums of the epoch, for weighting.epoch_end
+        self.epoch_sums: dict[str, torch.Tensor] = {}  # this rank's per-term loss sums of the epoch
         self.epoch_steps = 0
         self.nonfinite_in_row = 0
         self.run_id: str | None = None
         self.best: float | None = None
         self.val_loader: DataLoader | None = None
+        # Last: a run folder appears only once everything above (data, model, plugins) was accepted.
+        self.run_dir = self._run_dir()
 
     # -- building ---------------------------------------------------------------------------
     def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
@@ -129,7 +162,8 @@ class Trainer:
         return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size)
 
     def _cached_embeddings(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The batch with ``embeddings`` from the cache (the misses encoded once and stored)."""
+        """The batch with ``embeddings`` from the cache (read ahead by the data loader; the misses
+        encoded here once and stored)."""
         if self.embedding_cache is None:
             return batch
 
@@ -139,16 +173,18 @@ class Trainer:
                 return encode_images(self.model, part).float()
 
         files = [meta["file"] for meta in batch["meta"]]
-        embeddings = self.embedding_cache.embeddings(files, encode)
-        return {**batch, "embeddings": embeddings.to(self.runtime.device, torch.float32)}
+        embeddings = self.embedding_cache.embeddings(files, encode, found=batch.get("cached_embeddings"))
+        return {**batch, "embeddings": embeddings.to(self.runtime.device, torch.float32, non_blocking=True)}
 
-    def _wrap(self, module: InteractiveForward, rounds: Rounds) -> torch.nn.Module:
+    def _wrap(self, module: InteractiveForward) -> torch.nn.Module:
         if not self.dist.enabled:
             return module
-        # Without mask feedback the mask-prompt encoder gets no gradient, and DDP must be told.
-        unused = rounds.total == 1 or not rounds.feed_back_mask
+        # Which parameters receive gradient changes from step to step: the mask-prompt encoder has
+        # none in round 0 (or without feedback), no_mask_embed none when only fed-back rounds are
+        # trained (round_loss=last), and min-loss output selection leaves the multimask tokens without
+        # mask gradient in a batch of boxes. DDP must therefore look for unused parameters every step.
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
-        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=unused)
+        return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
     def _probe_terms(self) -> list[str]:
         """Names of the loss's terms: one call on a tiny synthetic batch (cheap, shape-agnostic)."""
@@ -169,70 +205,101 @@ class Trainer:
             return {"loss": out}
         return {k: out[k] for k in self.terms}
 
-    def _loader(self, dataset: SA1BDataset, sampler: ResumableSampler | None = None) -> DataLoader:
+    def _loader(self, dataset: SA1BDataset, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
         d = self.cfg.data
+        collate = collate_masks
+        if self.embedding_cache is not None and dataset is self.train_set:
+            dataset, collate = with_cached_embeddings(dataset, self.embedding_cache)
         return DataLoader(dataset, batch_size=d.batch_size, sampler=sampler, num_workers=d.num_workers,
-                          collate_fn=collate_masks, drop_last=sampler is not None,
+                          collate_fn=collate, drop_last=isinstance(sampler, ResumableSampler),
                           persistent_workers=d.num_workers > 0, pin_memory=self.runtime.device.type == "cuda")
 
     def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
-        """Batches forever, epoch after epoch, starting at the (possibly restored) epoch and position."""
+        """Batches forever, epoch after epoch, starting at the (possibly restored) epoch and position.
+
+        A batch is skipped when any rank's batch has no mask (every rank skips it, so all ranks keep
+        taking the same steps). An epoch whose batches were all drawn already (a checkpoint taken at
+        its last step) ends at once.
+        """
+        batch_size = self.cfg.data.batch_size
+        if self.sampler.per_rank < batch_size:
+            raise ConfigError(f"data.batch_size={batch_size} is larger than the {self.sampler.per_rank} images each "
+                              f"rank gets from {self.train_set.root}: lower data.batch_size.")
         while True:
-            self.train_set.set_epoch(self.epoch)
-            self.sampler.set_epoch(self.epoch, start=self.position * self.cfg.data.batch_size)
-            usable = False
-            for batch in loader:
-                self.position += 1
-                if batch["masks"].shape[0] == 0:
-                    continue
-                usable = True
-                yield batch
-            if not usable and self.position > 0:
-                raise TrainingError(f"No usable mask in {self.train_set.root}: every image was skipped.")
+            start = self.position
+            if self.sampler.per_rank - start * batch_size >= batch_size:  # else the epoch's batches are all drawn
+                self.train_set.set_epoch(self.epoch)
+                self.sampler.set_epoch(self.epoch, start=start * batch_size)
+                usable = False
+                for batch in loader:
+                    self.position += 1
+                    if dist.host_any(batch["masks"].shape[0] == 0)[0]:
+                        continue
+                    usable = True
+                    yield batch
+                if not usable and start == 0:
+                    raise TrainingError(f"No usable mask in {self.train_set.root}: every image was skipped.")
             self._end_epoch()
 
     def _end_epoch(self) -> None:
-        """Tell the weighting the epoch's mean loss per term (DWA adapts its weights from these)."""
+        """Tell the weighting the epoch's mean loss per term over all ranks (DWA adapts from these)."""
         if self.epoch_steps:
-            self.weighting.epoch_end({k: v / self.epoch_steps for k, v in self.epoch_sums.items()})
+            names = list(self.epoch_sums)
+            sums = dist.device_sum_(torch.stack([self.epoch_sums[k].float() for k in names]))
+            means = (sums / (self.epoch_steps * self.dist.world_size)).tolist()
+            self.weighting.epoch_end(dict(zip(names, means)))
         self.epoch, self.position, self.epoch_sums, self.epoch_steps = self.epoch + 1, 0, {}, 0
 
     # -- one step -----------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> dict[str, float]:
+    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> StepResult:
         """Forward (all interactive rounds), loss, weighting, backward and one optimiser step.
 
         Args:
             batch: One collated batch, or ``train.grad_accum`` of them whose gradients accumulate.
                 Every micro-batch's loss is normalised by the masks of all of them (summed over ranks),
                 so accumulating k batches of B images gives the gradient of one batch of k x B.
+
+        Returns:
+            What the step did; its values are still on the device (see :meth:`record`).
         """
-        micro = [to_device(b, self.runtime.device) for b in (batch if isinstance(batch, list) else [batch])]
+        micro = batch if isinstance(batch, list) else [batch]
         masks = sum(b["masks"].shape[0] for b in micro)
-        num_masks = dist.num_masks_across_ranks(masks, self.runtime.device)
+        num_masks = dist.num_masks_across_ranks(masks)
+        finite = torch.ones((), dtype=torch.bool, device=self.runtime.device)
         sums: dict[str, torch.Tensor] = {}
         for i, mb in enumerate(micro):
+            mb = to_device(mb, self.runtime.device)  # one at a time: only one micro-batch on the device
             last = i == len(micro) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward.no_sync()
             with sync:
                 total, terms, weights, out, per_round, analysis = self._micro_step(mb, num_masks)
-                if not torch.isfinite(total):
-                    return self._skip_nonfinite(terms)
+                finite &= torch.isfinite(total)
+                # Every rank runs backward, finite or not: DDP's gradient all-reduce needs all of them.
                 self.scaler.scale(total).backward()
-            sums = {k: sums.get(k, 0.0) + v.detach() for k, v in {"total": total, **terms}.items()}
+            for k, v in {"total": total, **terms}.items():
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+        grad_norm = self._gradient_norm()
+        stepped = self._step_decision(finite, grad_norm)
+        self.weighting.step_end(stepped)
+        result = StepResult(stepped, masks=masks, skipped_files=sum(b.get("skipped", 0) for b in micro),
+                            loss_output=out)
+        if not stepped:
+            return self._skip_nonfinite(sums)
         self.nonfinite_in_row = 0
-        grad_norm = self._optimizer_step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.lr_scheduler.step()
         for k in terms:
-            self.epoch_sums[k] = self.epoch_sums.get(k, 0.0) + float(sums[k])
+            self.epoch_sums[k] = self.epoch_sums[k] + sums[k] if k in self.epoch_sums else sums[k]
         self.epoch_steps += 1
-        record = {"loss/total": float(sums.pop("total")), "grad_norm": grad_norm, "masks": float(masks),
-                  "skipped_files": float(sum(b.get("skipped", 0) for b in micro))}
-        record.update({f"loss/{k}": float(v) for k, v in sums.items()})
-        record.update({f"weight/{k}": float(v) for k, v in weights.items()})
-        record.update({f"grad_norm/{k}": v for k, v in analysis.items()})
-        record.update({f"stat/{k}": v for k, v in loss_stats(out).items()})
+        result.values = {"loss/total": sums.pop("total"), "grad_norm": grad_norm,
+                         **{f"loss/{k}": v for k, v in sums.items()},
+                         **{f"weight/{k}": v for k, v in weights.items()},
+                         **{f"grad_norm/{k}": v for k, v in analysis.items()}}
         for r in sorted({0, len(per_round) - 1}):  # first vs last round (of the last micro-batch)
-            record.update({f"loss_round{r}/{k}": float(v.detach()) for k, v in per_round[r].items()})
-        return record
+            result.values.update({f"loss_round{r}/{k}": v.detach() for k, v in per_round[r].items()})
+        return result
 
     def _micro_step(self, batch: dict[str, Any], num_masks: float):
         """Forward and weighted loss of one micro-batch (no backward)."""
@@ -262,47 +329,76 @@ class Trainer:
             return {}
         return term_grad_norms(terms, params, weights)
 
-    def _optimizer_step(self) -> float:
-        """Unscale, sync the weighting's own gradients across ranks, clip, step; returns the pre-clip norm."""
-        self.scaler.unscale_(self.optimizer)
-        if self.dist.enabled:  # the weighting is not inside DDP: average its gradients by hand
+    def _gradient_norm(self) -> torch.Tensor:
+        """Unscaled gradient norm after clipping's measurement (a device tensor; inf/NaN on overflow).
+
+        The weighting's learnable parameters are outside DDP: their gradients are averaged over ranks
+        here, *before* the GradScaler unscales and checks for overflow, so that check sees the
+        gradients that will be applied.
+        """
+        if self.dist.enabled:
             for p in self.weighting.parameters():
                 if p.grad is not None:
-                    torch.distributed.all_reduce(p.grad)
-                    p.grad /= self.dist.world_size
-        params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip else math.inf
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.lr_scheduler.step()
-        return grad_norm
+                    dist.device_sum_(p.grad).div_(self.dist.world_size)
+        self.scaler.unscale_(self.optimizer)
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if not params:
+            return torch.zeros((), device=self.runtime.device)
+        if self.cfg.optim.grad_clip:
+            return torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip)
+        return torch.nn.utils.get_total_norm([p.grad for p in params])
 
-    def _skip_nonfinite(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+    def _step_decision(self, finite: torch.Tensor, grad_norm: torch.Tensor) -> bool:
+        """Whether every rank's loss and the (all-reduced) gradients are finite: the step's one read
+        from the device, the same answer on every rank."""
+        bad = (~finite | ~torch.isfinite(grad_norm)).to(torch.int32)
+        return not bool(dist.device_max_(bad).item())
+
+    def _skip_nonfinite(self, sums: dict[str, torch.Tensor]) -> StepResult:
+        """A skipped step: no optimiser step, no schedule step; the scaler lowers its scale on overflow."""
         self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.update()
         self.nonfinite_in_row += 1
         limit = self.cfg.train.max_nonfinite_steps
-        bad = {k: float(v.detach()) for k, v in terms.items()}
-        log.warning("step %d: non-finite loss %s; step skipped (%d in a row)", self.step, bad, self.nonfinite_in_row)
+        bad = {k: round(v, 6) for k, v in zip(sums, torch.stack(list(sums.values())).float().tolist())}
+        log.warning("step %d: non-finite loss or gradient (terms on this rank: %s); step skipped on every rank "
+                    "(%d in a row)", self.step, bad, self.nonfinite_in_row)
         if self.nonfinite_in_row >= limit:
             raise TrainingError(
-                f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step} (last terms: {bad}); "
-                "stopping. Lower optim.lr, set optim.grad_clip, or use train.precision=bf16/fp32 instead of fp16."
+                f"{self.nonfinite_in_row} non-finite losses in a row at step {self.step} (last terms on rank "
+                f"{self.dist.rank}: {bad}); stopping. Lower optim.lr, set optim.grad_clip, or use "
+                "train.precision=bf16/fp32 instead of fp16."
             )
-        return {"nonfinite_skipped": 1.0}
+        return StepResult(False)
+
+    def record(self, result: StepResult, images_per_s: float | None = None) -> dict[str, float]:
+        """The step's logged values as numbers, averaged over ranks, read from the device in one transfer.
+
+        Every rank must call it at the same steps (it all-reduces)."""
+        tensors = {k: v for k, v in result.values.items() if torch.is_tensor(v)}
+        numbers = {k: float(v) for k, v in result.values.items() if not torch.is_tensor(v)}
+        counts = dist.host_sum([result.masks, result.skipped_files])
+        record = {"masks": counts[0], "skipped_files": counts[1], **numbers}
+        if tensors:
+            stacked = torch.stack([v.detach().float().reshape(()) for v in tensors.values()])
+            stacked = dist.device_sum_(stacked) / self.dist.world_size
+            record.update(zip(tensors, stacked.tolist()))
+        record.update({f"stat/{k}": v for k, v in loss_stats(result.loss_output).items()})
+        if images_per_s is not None:
+            record["images_per_s"] = images_per_s
+        return record
 
     # -- the loop -----------------------------------------------------------------------------
     def fit(self) -> FitResult:
         """Train for ``train.steps`` steps with periodic validation and checkpoints; returns the run.
 
-        SIGTERM/SIGINT stop the loop after the current step and write a checkpoint first.
+        SIGTERM/SIGINT (on any rank) stop the loop after the current step on every rank, and a
+        checkpoint is written first.
         """
-        cfg = self.cfg
-        resume = find_resume_checkpoint(cfg.train.resume, self.run_dir / "checkpoints")
-        if resume is not None:
-            self.load_state_dict(load_checkpoint(resume))
-            log.info("resumed from %s at step %d", resume, self.step)
+        state = dist.on_main(self._read_resume_state)
+        if state is not None:
+            self.load_state_dict(state)
+            log.info("resumed at step %d", self.step)
         tracker = self._tracker()
         self.run_id = tracker.run_id
         history: list[dict[str, float]] = []
@@ -314,7 +410,7 @@ class Trainer:
                 stopped_by = self._loop(tracker, history, val_metrics, last, stop)
             status = "KILLED" if stopped_by else "FINISHED"
             best = self.run_dir / "checkpoints" / "best.pt"
-            if stopped_by is None and cfg.tracking.log_checkpoint and self.dist.is_main:
+            if stopped_by is None and self.cfg.tracking.log_checkpoint and self.dist.is_main:
                 tracker.log_artifact(best if best.is_file() else last, "checkpoints")
             tracker.log_curves()
         finally:
@@ -323,6 +419,16 @@ class Trainer:
         return FitResult(self.run_dir, self.step, history, val_metrics, last, tracker.run_id, tracker.ui_hint,
                          stopped_by)
 
+    def _read_resume_state(self) -> dict[str, Any] | None:
+        """The checkpoint ``train.resume`` names, read by rank 0 (the caller broadcasts it)."""
+        checkpoints = self.run_dir / "checkpoints"
+        remove_partial_writes(checkpoints)  # temp files of a write a SIGKILL interrupted
+        path = find_resume_checkpoint(self.cfg.train.resume, checkpoints)
+        if path is None:
+            return None
+        log.info("resuming from %s", path)
+        return load_checkpoint(path)
+
     def _loop(self, tracker, history, val_metrics, last, stop) -> str | None:
         cfg = self.cfg
         batches = self._batches(self._loader(self.train_set, self.sampler))
@@ -330,19 +436,21 @@ class Trainer:
                         # None: tqdm shows the bar on a terminal only, not in batch-job logs
                         disable=None if cfg.train.progress and self.dist.is_main else True)
         started, images = time.perf_counter(), 0
+        stopped = None
         while self.step < cfg.train.steps:
-            if stop.received:
+            stopped = self._stop_requested(stop)
+            if stopped:
                 break
             micro = [next(batches) for _ in range(cfg.train.grad_accum)]
-            record = self.train_step(micro)
-            if "nonfinite_skipped" in record:  # no optimiser step was taken: the step count stays
+            result = self.train_step(micro)
+            if not result.stepped:  # no optimiser step was taken: the step count stays
                 continue
             self.step += 1
             images += sum(b["images"].shape[0] for b in micro)
             progress.update(1)
             if self.step % cfg.tracking.log_every == 0 or self.step == cfg.train.steps:
-                record.update(self._lr_record())
-                record["images_per_s"] = images * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
+                speed = images * self.dist.world_size / max(time.perf_counter() - started, 1e-9)
+                record = {**self.record(result, speed), **self._lr_record()}
                 started, images = time.perf_counter(), 0
                 tracker.log_metrics(record, step=self.step)
                 history.append({"step": float(self.step), **record})
@@ -352,22 +460,31 @@ class Trainer:
             if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
                 self.save(last)
         progress.close()
-        if stop.received:
+        if stopped:
             self.save(last)
             log.warning("stopped by %s at step %d; checkpoint %s. Continue with train.resume=auto "
-                        "(and the same train.run_name).", stop.received, self.step, last)
-        return stop.received
+                        "(and the same train.run_name).", stopped, self.step, last)
+        return stopped
+
+    def _stop_requested(self, stop: StopSignals) -> str | None:
+        """The signal any rank received (every rank stops at the same step), else None."""
+        if not self.dist.enabled:
+            return stop.received
+        names = dist.all_gather(stop.received) if dist.host_any(stop.received is not None)[0] else []
+        return next((n for n in names if n), None)
 
     def validate(self, tracker: Tracker) -> dict[str, float]:
-        """Validation metrics on the main rank (logged, and the best checkpoint kept)."""
-        if not self.dist.is_main:
-            return {}
+        """Validation metrics over all ranks (each scores its share of the images); logged by rank 0,
+        and the best checkpoint kept (a decision every rank takes alike)."""
         e = self.cfg.eval
         if self.val_loader is None:  # built once: persistent workers are reused across validations
-            self.val_loader = self._loader(self.val_set)
+            shard = ShardSampler(min(len(self.val_set), e.max_images), rank=self.dist.rank,
+                                 world_size=self.dist.world_size)
+            self.val_loader = self._loader(self.val_set, shard)
         result = evaluate(self.model, self.val_loader, self.runtime, max_images=e.max_images,
                           max_masks=e.max_masks, multimask=self.cfg.prompts.multimask, clicks=e.clicks,
-                          seed=e.seed, keep_examples=self.cfg.tracking.overlays)
+                          seed=e.seed + self.dist.rank,
+                          keep_examples=self.cfg.tracking.overlays if self.dist.is_main else 0)
         metrics = {f"val/{k}": v for k, v in result.metrics.items()}
         tracker.log_metrics(metrics, step=self.step)
         if result.examples:
@@ -389,7 +506,8 @@ class Trainer:
 
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs to continue exactly where this one is."""
+        """Everything a resumed run needs to continue exactly where this one is (this rank's view;
+        :meth:`save` adds every rank's own part under ``ranks``)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -397,12 +515,18 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "weighting": self.weighting.state_dict(),
             "step": self.step, "epoch": self.epoch, "position": self.position,
-            "epoch_sums": self.epoch_sums, "epoch_steps": self.epoch_steps,
+            "epoch_steps": self.epoch_steps,
             "nonfinite_in_row": self.nonfinite_in_row, "best": self.best,
-            "rng": get_rng_state(self.click_generator),
+            "ranks": [self._rank_state()],
+            "world_size": self.dist.world_size,
             "mlflow_run_id": self.run_id,
             "config": to_yaml(self.cfg),
         }
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: random generators (clicks, augmentation) and epoch loss sums."""
+        return {"rng": get_rng_state(self.click_generator),
+                "epoch_sums": {k: v.detach().cpu() for k, v in self.epoch_sums.items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
@@ -411,17 +535,29 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.weighting.load_state_dict(state["weighting"])
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
-        self.epoch_sums, self.epoch_steps = dict(state["epoch_sums"]), state["epoch_steps"]
+        self.epoch_steps = state["epoch_steps"]
         self.nonfinite_in_row, self.best = state["nonfinite_in_row"], state["best"]
-        set_rng_state(state["rng"], self.click_generator)
+        self._load_rank_state(state)
         self.run_id = state.get("mlflow_run_id")
 
+    def _load_rank_state(self, state: dict[str, Any]) -> None:
+        ranks = state["ranks"]
+        if len(ranks) != self.dist.world_size:
+            log.warning("the checkpoint was written by %d ranks, this run has %d: data order and random "
+                        "streams continue, but not exactly as an uninterrupted run would", len(ranks),
+                        self.dist.world_size)
+        own = ranks[self.dist.rank % len(ranks)]
+        set_rng_state(own["rng"], self.click_generator)
+        device = self.runtime.device
+        self.epoch_sums = {k: v.to(device) for k, v in own["epoch_sums"].items()}
+
     def save(self, path: Path) -> Path:
-        """Write the training state atomically (main rank only; other ranks wait for it)."""
+        """Write the training state atomically. Every rank calls it at the same step: each hands
+        rank 0 its own part (random states, epoch sums), rank 0 writes, the others wait."""
+        ranks = dist.gather(self._rank_state())
         if self.dist.is_main:
-            save_atomic(self.state_dict(), path)
-        if self.dist.enabled:
-            torch.distributed.barrier()
+            save_atomic({**self.state_dict(), "ranks": ranks}, path)
+        dist.barrier()
         return path
 
     # -- helpers --------------------------------------------------------------------------------
@@ -439,18 +575,25 @@ class Trainer:
         return {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
 
     def _run_dir(self) -> Path:
-        """``output_dir/run_name``; without a run name, a timestamp (or, to resume, the latest run)."""
+        """``output_dir/run_name``; without a run name, a timestamp (or, to resume, the latest run).
+
+        Rank 0 chooses the name and every rank takes it (their clocks and filesystems may differ);
+        only rank 0 creates the folder and writes ``config.yaml`` into it."""
         out = self.root / self.cfg.train.output_dir
+        name = dist.on_main(lambda: self._run_name(out))
+        run_dir = out / name
+        if self.dist.is_main:
+            (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (run_dir / "config.yaml").write_text(to_yaml(self.cfg))
+        return run_dir
+
+    def _run_name(self, out: Path) -> str:
         name = self.cfg.train.run_name
         if name is None and self.cfg.train.resume == "auto":
             latest = find_resume_checkpoint("auto", out, search_runs=True)
             if latest is not None:
-                return latest.parent.parent
-        run_dir = out / (name or time.strftime("%Y%m%d-%H%M%S"))
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        if self.dist.is_main:
-            (run_dir / "config.yaml").write_text(to_yaml(self.cfg))
-        return run_dir
+                return latest.parent.parent.name
+        return name or time.strftime("%Y%m%d-%H%M%S")
 
 
 def weights_of(weighting: torch.nn.Module, step: int) -> dict[str, float] | None:

@@ -78,23 +78,38 @@ def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.
         and predicted IoU ``[N, 4]``. Callers choose outputs per prompt (see :func:`output_candidates`).
     """
     sparse, dense = embed_prompts(model, points, labels, mask_inputs)
-    image_pe = model.prompt_encoder.get_dense_pe()
-    logits = image_embeddings.new_empty(0)
-    outputs, ious, order = [], [], []
-    for b in torch.unique(image_index).tolist():
-        rows = torch.nonzero(image_index == b).squeeze(1)
-        # predict_masks repeats one image embedding over the prompts of that image.
-        masks, iou = model.mask_decoder.predict_masks(
-            image_embeddings=image_embeddings[b : b + 1], image_pe=image_pe,
-            sparse_prompt_embeddings=sparse[rows], dense_prompt_embeddings=dense[rows],
-        )
-        outputs.append(masks)
-        ious.append(iou)
-        order.append(rows)
-    if not outputs:
-        return logits, logits
-    inverse = torch.argsort(torch.cat(order))
-    return torch.cat(outputs)[inverse], torch.cat(ious)[inverse]
+    if points.shape[0] == 0:
+        empty = image_embeddings.new_empty(0)
+        return empty, empty
+    # Each prompt gathers its image's embedding by index: no per-image loop, whose image list
+    # (unique / nonzero) the host would have to read back from the device.
+    return _predict_masks(model.mask_decoder, image_embeddings[image_index], model.prompt_encoder.get_dense_pe(),
+                          sparse, dense)
+
+
+def _predict_masks(decoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
+                   dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``MaskDecoder.predict_masks`` with the image embedding already given per prompt.
+
+    segment_anything's version takes one image and repeats its embedding over the prompts; this one
+    takes ``src [N, C, h, w]`` (one row per prompt), so prompts of several images decode in one call.
+    The arithmetic is the decoder's own, on its own weights.
+    """
+    output_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    output_tokens = output_tokens.unsqueeze(0).expand(sparse.shape[0], -1, -1)
+    tokens = torch.cat((output_tokens, sparse), dim=1)
+    src = src + dense
+    pos_src = image_pe.expand(src.shape[0], -1, -1, -1)
+    b, c, h, w = src.shape
+    hs, src = decoder.transformer(src, pos_src, tokens)
+    iou_token_out = hs[:, 0, :]
+    mask_tokens_out = hs[:, 1 : (1 + decoder.num_mask_tokens), :]
+    upscaled = decoder.output_upscaling(src.transpose(1, 2).reshape(b, c, h, w))
+    hyper_in = torch.stack([mlp(mask_tokens_out[:, i, :]) for i, mlp in enumerate(decoder.output_hypernetworks_mlps)],
+                           dim=1)
+    b, c, h, w = upscaled.shape
+    masks = (hyper_in @ upscaled.reshape(b, c, h * w)).reshape(b, -1, h, w)
+    return masks, decoder.iou_prediction_head(iou_token_out)
 
 
 def output_candidates(labels: torch.Tensor, multimask: bool = True) -> torch.Tensor:

@@ -19,8 +19,9 @@ class WeightingStrategy(nn.Module):
         strategy = WEIGHTINGS.build({"name": ..., **options}, terms=["focal", "dice", "iou"])
         strategy.bind(model)                        # once, after the model is built
         groups = strategy.param_groups(base_lr)     # learnable weights for the model's optimiser
-        total, weights = strategy(losses, step)     # every step; total.backward() follows
-        strategy.epoch_end(epoch_losses)            # after every epoch
+        total, weights = strategy(losses, step)     # every micro-batch; total.backward() follows
+        strategy.step_end(stepped)                  # once per optimiser step, on every rank
+        strategy.epoch_end(epoch_losses)            # after every epoch (means over all ranks)
         strategy.state_dict() / load_state_dict()   # everything needed to resume exactly
 
     Args:
@@ -44,6 +45,12 @@ class WeightingStrategy(nn.Module):
         """Optimiser param groups of the strategy's learnable parameters (none by default)."""
         return []
 
+    def step_end(self, stepped: bool) -> None:
+        """Called once per optimiser step, after the engine decided (on all ranks alike) whether the
+        step was taken; ``stepped`` is False for a skipped step (non-finite loss, fp16 overflow).
+        A strategy with its own updates makes them here, once per step however many micro-batches
+        it saw (no-op by default)."""
+
     def epoch_end(self, epoch_losses: Mapping[str, float]) -> None:
         """Called after every epoch with the mean unweighted loss of each term (no-op by default)."""
 
@@ -62,9 +69,10 @@ class WeightingStrategy(nn.Module):
                 raise ValueError(f"Loss term {name!r} must be a scalar tensor, got {shape}.")
         return torch.stack([losses[name].reshape(()).float() for name in self.terms])
 
-    def as_dict(self, weights: torch.Tensor) -> dict[str, float]:
-        """``{term: weight}`` floats of a ``[T]`` tensor, for logging."""
-        return dict(zip(self.terms, (float(w) for w in weights.detach().cpu())))
+    def as_dict(self, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``{term: weight}`` of a ``[T]`` tensor, for logging, as detached 0-dim tensors: reading them
+        as numbers would make the host wait for the device, so the engine does it at log steps only."""
+        return dict(zip(self.terms, weights.detach().unbind()))
 
     def extra_repr(self) -> str:
         return f"terms={list(self.terms)}"

@@ -64,8 +64,9 @@ class FixedWeighting(WeightingStrategy):
         """
         values = self.stack_losses(losses)
         weights = self.weights_at(step)
-        w = torch.tensor([weights[t] for t in self.terms], dtype=values.dtype, device=values.device)
-        return (w * values).sum(), weights
+        # Python-number factors: no weight tensor is copied to the device every step.
+        total = sum(values[i] * float(weights[t]) for i, t in enumerate(self.terms))
+        return total, weights
 
     def extra_repr(self) -> str:
         return f"terms={list(self.terms)}, schedules={self.schedules}"

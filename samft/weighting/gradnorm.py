@@ -28,7 +28,10 @@ head depends on (everything after it is head-specific), as the paper prescribes.
 2 x 256 parameters (vit_b/l/h), which keeps the per-term backward passes short.
 
 Distributed: when ``torch.distributed`` is initialised, ``g`` and ``L`` are averaged across ranks
-before the update, so every rank makes the same update and the weights stay identical.
+before the update, so every rank makes the same update and the weights stay identical. The update
+happens in ``step_end``, which the engine calls on every rank once per optimiser step; gradient
+accumulation therefore updates once per step, and a skipped step (non-finite loss, fp16 overflow)
+does not update.
 
 Mixed precision: the ``g_i`` come from the unscaled fp32 losses (a GradScaler scales only the
 engine's backward). Under bf16 autocast that is fine; under fp16 autocast a very small gradient in
@@ -56,7 +59,8 @@ OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 @WEIGHTINGS.register("gradnorm")
 class GradNormWeighting(WeightingStrategy):
-    """GradNorm weights, updated inside :meth:`forward` by the strategy's own optimiser.
+    """GradNorm weights, updated once per optimiser step (:meth:`step_end`) by the strategy's own
+    optimiser from the ``g_i`` and ``L_i`` that :meth:`forward` observed in the step's micro-batches.
 
     The weights are an ``nn.Parameter`` (so ``.to()`` and ``state_dict`` carry them) that only this
     strategy's optimiser steps: :meth:`param_groups` returns nothing for the model's optimiser.
@@ -107,6 +111,7 @@ class GradNormWeighting(WeightingStrategy):
         self.register_buffer("last_grad_norm", torch.zeros(len(self.terms)), persistent=False)
         self._optimizer = OPTIMIZERS[optimizer]([self.weights], lr=self.lr)
         self._shared: list[nn.Parameter] | None = None
+        self._pending: tuple[torch.Tensor, int] | None = None  # (sum of [g, L] over micro-batches, count)
 
     # -- engine contract ----------------------------------------------------------------------
     def bind(self, model: nn.Module) -> None:
@@ -120,7 +125,7 @@ class GradNormWeighting(WeightingStrategy):
         self._shared = params
 
     def forward(self, losses: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Weighted total with the current weights, then one GradNorm update of the weights.
+        """Weighted total with the current weights; ``g`` and ``L`` are kept for :meth:`step_end`'s update.
 
         Args:
             losses: One scalar tensor per configured term, with the graph of this step.
@@ -134,8 +139,25 @@ class GradNormWeighting(WeightingStrategy):
         used = self.weights.detach().clone()
         total = (used.to(values.device) * values).sum()
         if self.training and torch.is_grad_enabled() and values.requires_grad:
-            self._update([losses[t] for t in self.terms], values.detach())
+            self._observe([losses[t] for t in self.terms], values.detach())
         return total, self.as_dict(used)
+
+    def step_end(self, stepped: bool) -> None:
+        """One GradNorm update from the step's micro-batches (their mean ``g`` and ``L``, averaged
+        over ranks), if the step was taken; a skipped step leaves the weights as they are."""
+        pending, self._pending = self._pending, None
+        if pending is None or not stepped:
+            return
+        summed, micro = pending
+        g, values = _mean_across_ranks(summed / micro).split(len(self.terms))
+        if not (torch.isfinite(g).all() and torch.isfinite(values).all()):
+            return
+        if int(self.initial_count) < self.initial_steps:
+            self.initial_loss_sum += values
+            self.initial_count += 1
+            if int(self.initial_count) < self.initial_steps:
+                return
+        self._step_weights(g, self._relative_rates(values))
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self._optimizer.state_dict()}
@@ -151,7 +173,8 @@ class GradNormWeighting(WeightingStrategy):
         return self.as_dict(self.last_grad_norm)
 
     # -- the update -----------------------------------------------------------------------------
-    def _update(self, term_losses: list[torch.Tensor], values: torch.Tensor) -> None:
+    def _observe(self, term_losses: list[torch.Tensor], values: torch.Tensor) -> None:
+        """Add one micro-batch's ``g_i`` and ``L_i`` to the step's pending sums (used by :meth:`step_end`)."""
         if self._shared is None:
             raise ValueError("GradNorm needs the model: call strategy.bind(model) before the first training step.")
         g, connected = grad_norms(term_losses, self._shared)
@@ -160,16 +183,11 @@ class GradNormWeighting(WeightingStrategy):
                 f"No loss term {list(self.terms)} depends on GradNorm's shared layer {self.shared_param!r}; "
                 "set weighting.shared_param to a layer that every term's gradient passes through."
             )
-        device = self.weights.device
-        g, values = _mean_across_ranks(torch.cat([g.to(device), values.to(device)])).split(len(self.terms))
-        if not (torch.isfinite(g).all() and torch.isfinite(values).all()):
-            return
-        if int(self.initial_count) < self.initial_steps:
-            self.initial_loss_sum += values
-            self.initial_count += 1
-            if int(self.initial_count) < self.initial_steps:
-                return
-        self._step_weights(g, self._relative_rates(values))
+        observed = torch.cat([g.to(self.weights.device), values.to(self.weights.device)])
+        if self._pending is None:
+            self._pending = (observed, 1)
+        else:
+            self._pending = (self._pending[0] + observed, self._pending[1] + 1)
 
     def _relative_rates(self, values: torch.Tensor) -> torch.Tensor:
         """``r_i``; a term whose initial loss is 0 counts as training at the mean rate."""

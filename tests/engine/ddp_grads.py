@@ -25,12 +25,11 @@ def main(data: str, out: str, batch_size: str) -> None:
     trainer = Trainer(cfg)
     captured = {}
 
-    def capture_instead_of_stepping() -> float:
+    def capture_instead_of_stepping(*args, **kwargs) -> None:
         captured.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
                          if p.grad is not None})
-        return 0.0
 
-    trainer._optimizer_step = capture_instead_of_stepping
+    trainer.optimizer.step = capture_instead_of_stepping
     batches = trainer._batches(trainer._loader(trainer.train_set, trainer.sampler))
     batch = next(batches)
     trainer.train_step(batch)

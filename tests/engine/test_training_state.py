@@ -48,7 +48,7 @@ def test_resume_is_exact_across_an_epoch_boundary(demo_data, tmp_path):
     assert_same_weights(weights(straight.checkpoint), weights(resumed.checkpoint))
     a, b = (torch.load(r.checkpoint, weights_only=True) for r in (straight, resumed))
     assert (a["epoch"], a["position"]) == (b["epoch"], b["position"]) == (1, 2)
-    assert torch.equal(a["rng"]["generators"][0], b["rng"]["generators"][0])
+    assert torch.equal(a["ranks"][0]["rng"]["generators"][0], b["ranks"][0]["rng"]["generators"][0])
 
 
 def test_frozen_parts_stay_bit_identical(demo_data, tmp_path):
@@ -86,11 +86,15 @@ def test_nonfinite_loss_skips_the_step(demo_data, tmp_path):
     trainer.train_step(batch)  # lr 0 in the first warmup step
     trainer.train_step(batch)
     after_first = {k: v.clone() for k, v in trainer.model.state_dict().items()}
-    assert trainer.train_step(batch) == {"nonfinite_skipped": 1.0}
+    schedule = trainer.lr_scheduler.state_dict()
+    skipped = trainer.train_step(batch)
+    assert not skipped.stepped and skipped.values == {}
     for key, value in trainer.model.state_dict().items():
         assert torch.equal(value, after_first[key]), key  # the poisoned step changed nothing
+    assert trainer.lr_scheduler.state_dict() == schedule  # nor advanced the schedule
     assert any(not torch.equal(before[k], after_first[k]) for k in before)
-    assert "loss/total" in trainer.train_step(batch) and trainer.nonfinite_in_row == 0
+    again = trainer.train_step(batch)
+    assert again.stepped and "loss/total" in trainer.record(again) and trainer.nonfinite_in_row == 0
 
 
 def test_too_many_nonfinite_losses_stop_with_a_clear_error(demo_data, tmp_path):
@@ -147,14 +151,13 @@ def test_ddp_two_processes_match_one_process_on_the_same_images(demo_data, tmp_p
 def gradients_of_one_step(trainer, batches):
     captured = {}
 
-    def capture_instead_of_stepping():
+    def capture_instead_of_stepping(*args, **kwargs):
         captured.update({n: p.grad.detach().clone() for n, p in trainer.model.named_parameters()
                          if p.grad is not None})
-        return 0.0
 
-    trainer._optimizer_step = capture_instead_of_stepping
-    record = trainer.train_step(batches)
-    return captured, record
+    trainer.optimizer.step = capture_instead_of_stepping
+    result = trainer.train_step(batches)
+    return captured, trainer.record(result)
 
 
 def test_gradient_accumulation_equals_the_larger_batch(demo_data, tmp_path):

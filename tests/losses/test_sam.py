@@ -267,15 +267,17 @@ def test_iou_prediction_empty_union_multi_output_and_no_logit_gradient():
         iou_prediction(logits, target, iou_pred=torch.zeros(2))
 
 
+@pytest.mark.parametrize("sparse", [True, False], ids=["cpu_backward", "accelerator_backward"])
 @pytest.mark.parametrize("chunk", [50, 1000])
-def test_chunking_does_not_change_values_or_gradients(monkeypatch, chunk):
+def test_chunking_does_not_change_values_or_gradients(monkeypatch, chunk, sparse):
     import samft.losses.sam as sam_module
 
     logits, target, iou_pred = make_batch(n=5)
     ignored = target.clone()
     ignored[0, :2] = -1.0
     single = sam(logits, ignored, iou_pred=iou_pred)  # one step holds the whole batch
-    monkeypatch.setattr(sam_module, "CHUNK_ELEMENTS", chunk)  # 1 or 2 masks per step
+    plan = sam_module.ChunkPlan(chunk, sparse_backward=sparse)
+    monkeypatch.setattr(sam_module, "chunk_plan", lambda device: plan)  # 1 or 2 masks per step
     chunked = sam(logits, ignored, iou_pred=iou_pred)
     assert torch.equal(chunked["selected"], single["selected"])
     for key in ("loss", "focal", "dice", "iou"):

@@ -11,6 +11,7 @@ from torch import nn
 
 from samft.registry import WEIGHTINGS
 from samft.weighting import GradNormWeighting, resolve_params, term_grad_norms
+from samft.weighting.analysis import grad_norms
 
 SIGMAS = (1.0, 3.0, 10.0, 30.0)
 TERMS = [f"task{i}" for i in range(len(SIGMAS))]
@@ -62,6 +63,7 @@ def train(spec, steps: int):
         opt.zero_grad()
         total.backward()
         opt.step()
+        strategy.step_end(True)
     return spreads, weights
 
 
@@ -99,6 +101,7 @@ def test_update_equals_create_graph_reference_and_model_grads_are_untouched():
     total, weights = strategy(losses, 0)
     assert all(p.grad is None for p in model.parameters())  # nothing leaked before backward
     total.backward()
+    strategy.step_end(True)
 
     # Reference: the paper's formulation with create_graph, on an identical copy of the model.
     ref_losses = toy_losses(reference_model, x, ys)
@@ -132,12 +135,14 @@ def test_relative_rates_and_initial_steps():
         losses = toy_losses(model, x, ys)
         seen.append(torch.stack([losses[t].detach() for t in TERMS]))
         strategy(losses, step)
+        strategy.step_end(True)
         assert torch.equal(strategy.weights.detach(), torch.ones(4))  # no update before L(0) is known
         with torch.no_grad():
             model.heads[0].bias.add_(0.1)
     losses = toy_losses(model, x, ys)
     seen.append(torch.stack([losses[t].detach() for t in TERMS]))
     strategy(losses, 2)
+    strategy.step_end(True)
     torch.testing.assert_close(strategy.initial_loss_sum, sum(seen))
     assert int(strategy.initial_count) == 3
     assert not torch.equal(strategy.weights.detach(), torch.ones(4))
@@ -155,6 +160,7 @@ def test_no_update_in_eval_or_no_grad():
         total, weights = strategy(toy_losses(model, x, ys), 0)
     strategy.eval()
     strategy(toy_losses(model, x, ys), 0)
+    strategy.step_end(True)
     assert int(strategy.initial_count) == 0 and torch.equal(strategy.weights.detach(), torch.ones(4))
     assert weights == {t: 1.0 for t in TERMS}
 
@@ -166,6 +172,7 @@ def test_nonfinite_losses_skip_the_update():
     losses = toy_losses(model, x, ys)
     losses["task1"] = losses["task1"] * float("nan")
     total, _ = strategy(losses, 0)
+    strategy.step_end(True)
     assert not torch.isfinite(total)
     assert int(strategy.initial_count) == 0 and torch.equal(strategy.weights.detach(), torch.ones(4))
 
@@ -176,6 +183,7 @@ def test_state_dict_holds_optimiser_state_and_loads_with_weights_only(tmp_path):
     strategy.bind(model)
     for step in range(3):
         strategy(toy_losses(model, x, ys), step)
+        strategy.step_end(True)
     torch.save({"weighting": strategy.state_dict()}, tmp_path / "ckpt.pt")
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)["weighting"]
     assert set(state) == {"weights", "initial_loss_sum", "initial_count", "_extra_state"}
@@ -224,5 +232,32 @@ def test_bf16_autocast_forward_gives_finite_weights():
         total, weights = strategy(losses, step)
         assert total.dtype == torch.float32 and torch.isfinite(total)
         total.backward()
+        strategy.step_end(True)
     assert torch.isfinite(strategy.weights).all() and not torch.equal(strategy.weights.detach(), torch.ones(4))
     assert all(v > 0 for v in strategy.last_grad_norms.values())
+
+
+def test_one_update_per_step_from_the_mean_of_its_micro_batches_and_none_for_a_skipped_step():
+    model, x, ys = _toy_step_inputs()
+    accumulated = GradNormWeighting(TERMS, shared_param="trunk.4", optimizer="sgd", lr=0.01)
+    single = GradNormWeighting(TERMS, shared_param="trunk.4", optimizer="sgd", lr=0.01)
+    for s in (accumulated, single):
+        s.bind(model)
+    halves = [toy_losses(model, x[:16], [y[:16] for y in ys]), toy_losses(model, x[16:], [y[16:] for y in ys])]
+    for losses in halves:
+        accumulated(losses, 0)
+    skipped = GradNormWeighting(TERMS, shared_param="trunk.4")
+    skipped.bind(model)
+    skipped(halves[0], 0)
+    skipped.step_end(False)  # e.g. fp16 overflow: no update, nothing carried over
+    skipped.step_end(True)
+    assert int(skipped.initial_count) == 0 and torch.equal(skipped.weights.detach(), torch.ones(4))
+    accumulated.step_end(True)
+    assert int(accumulated.initial_count) == 1
+    # The same update as one observation of the micro-batches' mean g and L.
+    g = torch.stack([grad_norms([h[t] for t in TERMS], resolve_params(model, "trunk.4"))[0] for h in halves]).mean(0)
+    values = torch.stack([torch.stack([h[t].detach() for t in TERMS]) for h in halves]).mean(0)
+    single._pending = (torch.cat([g, values]), 1)
+    single.step_end(True)
+    torch.testing.assert_close(accumulated.weights.detach(), single.weights.detach())
+    torch.testing.assert_close(accumulated.initial_loss_sum, values)

@@ -62,6 +62,7 @@ def run(model, strategy, opt, start, stop, log):
         opt.zero_grad()
         total.backward()
         opt.step()
+        strategy.step_end(True)
         for t in TERMS:
             epoch_sum[t] += losses[t].item() / EPOCH
         if (step + 1) % EPOCH == 0:
