@@ -1,0 +1,109 @@
+"""Two gloo ranks on the CPU (the code path NCCL takes on GPUs): every run must finish, never hang.
+
+Each run is a torchrun launch of ddp_run.py under a timeout that fails the test instead of hanging it.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+
+HELPER = Path(__file__).with_name("ddp_run.py")
+TIMEOUT = 300  # seconds; a run here takes ~10-40 s on 2 cores, a hang would take forever
+
+
+def torchrun(data, out, fault="none", *overrides, expect=0):
+    """Launch 2 ranks; returns (rank 0 result, rank 1 result, stderr)."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
+           str(data), str(out), fault, *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"2-rank run did not finish within {TIMEOUT} s (a hang):\n{stderr[-3000:]}")
+    assert proc.returncode == expect, stderr[-4000:]
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    return ranks[0], ranks[1], stderr
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_validation_and_best_checkpoints_under_two_ranks(demo_data, tmp_path):
+    """The first validation used to hang: rank 0 waited in save()'s barrier, rank 1 in the next step."""
+    r0, r1, _ = torchrun(demo_data, tmp_path, "none", "train.steps=4")
+    assert r0["step"] == r1["step"] == 4
+    assert r0["val_metrics"] == r1["val_metrics"]  # every rank scored its share, all hold the mean
+    assert r0["val_metrics"]["val/num_masks"] == 8  # 4 images x 2 masks, split over the ranks
+    assert_same(r0["model"], r1["model"])
+    best = torch.load(Path(r0["run_dir"]) / "checkpoints" / "best.pt", weights_only=True)
+    assert best["step"] in (2, 4) and len(best["ranks"]) == 2
+    assert best["ranks"][0]["rng"]["generators"][0].ne(best["ranks"][1]["rng"]["generators"][0]).any()
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_both(demo_data, tmp_path):
+    # Rank 1's 4th loss call is in its 2nd step (3 rounds per step): that step is skipped everywhere.
+    r0, r1, stderr = torchrun(demo_data, tmp_path, "nan@4", "train.steps=3", "data.val=null")
+    assert r0["step"] == r1["step"] == 3
+    assert "step skipped on every rank" in stderr
+    assert_same(r0["model"], r1["model"])
+
+
+def test_sigterm_on_one_rank_stops_both_with_a_checkpoint(demo_data, tmp_path):
+    # torchrun itself exits 1 when its children exit non-zero; each rank exited 143 (128 + SIGTERM).
+    r0, r1, stderr = torchrun(demo_data, tmp_path, "sigterm@4", "train.steps=50", "data.val=null", expect=1)
+    assert stderr.count(f"exitcode  : {128 + signal.SIGTERM}") == 2
+    assert r0["stopped_by"] == r1["stopped_by"] == "SIGTERM"
+    assert r0["step"] == r1["step"] == 2  # the step in which the signal came is finished first
+    assert "ddp_run.py\", line" not in stderr  # no traceback from the ranks themselves
+    state = torch.load(Path(r0["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 2
+
+
+def test_round_loss_last_with_unused_parameters(demo_data, tmp_path):
+    # Only the last round is trained: no_mask_embed (round 0 only) gets no gradient.
+    r0, r1, _ = torchrun(demo_data, tmp_path, "none", "train.steps=3", "data.val=null", "prompts.round_loss=last")
+    assert r0["step"] == r1["step"] == 3
+    assert_same(r0["model"], r1["model"])
+
+
+def test_dwa_weights_agree_across_ranks(demo_data, tmp_path):
+    # 12 images over 2 ranks with 2 per batch: 3 steps per epoch; DWA adapts after 2 epochs.
+    r0, r1, _ = torchrun(demo_data, tmp_path, "none", "train.steps=10", "data.val=null", "data.batch_size=2",
+                         "weighting={name: dwa}")
+    assert int(r0["weighting"]["epochs_seen"]) == 3
+    assert_same(r0["weighting"], r1["weighting"])
+    assert not torch.equal(r0["weighting"]["history"][0], r0["weighting"]["history"][1])
+
+
+def test_resume_without_a_shared_folder_is_exact(demo_data, tmp_path):
+    """N + N == 2N under 2 ranks, resumed at an epoch boundary (12 images / 2 ranks = 6 steps), each
+    rank with its own output folder as on nodes without a shared filesystem: rank 0 reads the
+    checkpoint and hands it to rank 1, whose folder stays empty."""
+    common = ["data.val=null", "train.checkpoint_every=3"]
+    straight, _, _ = torchrun(demo_data, tmp_path / "straight", "none", "train.steps=9", *common)
+    split = tmp_path / "split"
+    per_rank = f"train.output_dir={split}/disk${{oc.env:RANK}}"
+    torchrun(demo_data, split, "none", "train.steps=6", *common, per_rank)
+    state = torch.load(split / "disk0" / "ddp" / "checkpoints" / "last.pt", weights_only=True)
+    assert (state["epoch"], state["position"]) == (0, 6)  # taken at the epoch's last step
+    assert not (split / "disk1").exists()
+    r0, r1, _ = torchrun(demo_data, split, "none", "train.steps=9", *common, per_rank, "train.resume=auto")
+    assert r0["step"] == 9
+    assert_same(r0["model"], straight["model"])
+    assert_same(r1["model"], straight["model"])
+    assert not (split / "disk1").exists()
