@@ -56,8 +56,8 @@ def _train(argv: list[str]) -> int:
 
     cfg = load(argv[0], argv[1:])
     result = Trainer(cfg, project_root=Path.cwd()).fit()
-    if not is_main_process():
-        return 0
+    if not is_main_process():  # quiet, but with the same exit status as rank 0
+        return 128 + int(getattr(signal, result.stopped_by)) if result.stopped_by else 0
     if result.stopped_by:
         print(f"\nStopped by {result.stopped_by} at step {result.steps}; checkpoint {result.checkpoint}. "
               f"Resume with: python tools/train.py {' '.join(argv)} train.resume=auto "

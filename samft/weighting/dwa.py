@@ -52,12 +52,12 @@ class DynamicWeightAverage(WeightingStrategy):
         self.epochs_seen += 1
 
     def current_weights(self) -> torch.Tensor:
-        """The weights ``[T]`` (float64) for the current epoch."""
-        if int(self.epochs_seen) < 2:
-            return torch.ones(len(self.terms), dtype=self.history.dtype, device=self.history.device)
+        """The weights ``[T]`` (float64) for the current epoch (computed on the device: the engine
+        calls this every step and must not wait for a read of ``epochs_seen``)."""
         before, last = self.history[0], self.history[1]
         ratio = torch.where(before > 0, last / before.clamp_min(1e-300), torch.ones_like(last))
-        return len(self.terms) * torch.softmax(ratio / self.temperature, dim=0)
+        weights = len(self.terms) * torch.softmax(ratio / self.temperature, dim=0)
+        return torch.where(self.epochs_seen < 2, torch.ones_like(weights), weights)
 
     def forward(self, losses: Mapping[str, torch.Tensor], step: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Weighted total with this epoch's DWA weights.

@@ -210,3 +210,23 @@ def test_resumed_run_continues_the_same_mlflow_run(demo_data, tmp_path):
     steps = [m.step for m in client.get_metric_history(first.run_id, "loss/total")]
     assert steps == [1, 2, 3, 4]
     assert client.get_run(first.run_id).info.status == "FINISHED"
+
+
+def test_resume_from_a_checkpoint_taken_at_the_end_of_an_epoch(demo_data, tmp_path):
+    """A checkpoint at an epoch's last step saves position == epoch length; resuming used to find no
+    batch left and stop with "No usable mask ... every image was skipped"."""
+    straight = Trainer(tiny_config(demo_data, tmp_path, "train.steps=8", "train.run_name=straight")).fit()
+    first = Trainer(tiny_config(demo_data, tmp_path, "train.steps=6", "train.run_name=split")).fit()
+    state = torch.load(first.checkpoint, weights_only=True)
+    assert (state["epoch"], state["position"]) == (0, 6)
+    resumed = Trainer(tiny_config(demo_data, tmp_path, "train.steps=8", "train.run_name=split",
+                                  "train.resume=auto")).fit()
+    assert_same_weights(weights(straight.checkpoint), weights(resumed.checkpoint))
+
+
+def test_a_run_folder_appears_only_after_the_data_and_model_were_accepted(tmp_path):
+    from samft.data import DataError
+
+    with pytest.raises(DataError, match="does not exist"):
+        Trainer(tiny_config(tmp_path / "missing", tmp_path, "train.steps=1"))
+    assert not (tmp_path / "out").exists()
