@@ -1,5 +1,6 @@
 """Training state: exact resume, preemption, non-finite losses, freezing, DDP loss normalisation."""
 
+import copy
 import os
 import signal
 import subprocess
@@ -230,3 +231,25 @@ def test_a_run_folder_appears_only_after_the_data_and_model_were_accepted(tmp_pa
     with pytest.raises(DataError, match="does not exist"):
         Trainer(tiny_config(tmp_path / "missing", tmp_path, "train.steps=1"))
     assert not (tmp_path / "out").exists()
+
+
+def test_an_overflow_the_grad_scaler_finds_skips_the_step_and_the_schedules(demo_data, tmp_path):
+    """fp16's GradScaler skips a step whose gradients overflowed; the step count, the lr schedule and
+    GradNorm's own update must skip it too (a GradScaler on the CPU and one overflowing gradient, as
+    fp16 backward produces: the same logic)."""
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=3", "weighting={name: gradnorm}",
+                                  "prompts.correction_clicks=0", "prompts.extra_rounds=0"))
+    trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 16, growth_interval=1000)
+    batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
+    model = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    schedule, weighting = trainer.lr_scheduler.state_dict(), copy.deepcopy(trainer.weighting.state_dict())
+    hook = trainer.model.mask_decoder.iou_token.weight.register_hook(lambda grad: grad * float("inf"))
+    result = trainer.train_step(batch)
+    hook.remove()
+    assert not result.stepped
+    assert trainer.scaler.get_scale() == 2.0 ** 15  # backed off
+    assert trainer.lr_scheduler.state_dict() == schedule
+    assert_same_weights(model, trainer.model.state_dict())
+    assert int(trainer.weighting.initial_count) == 0 and torch.equal(trainer.weighting.weights, weighting["weights"])
+    assert trainer.train_step(batch).stepped and int(trainer.weighting.initial_count) == 1
+    assert trainer.lr_scheduler.state_dict() != schedule
