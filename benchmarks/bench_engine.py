@@ -5,8 +5,13 @@
    same math with segment_anything's modules directly (target: at most 1.10x).
 2. Decoder-only fine-tuning (frozen encoder) with the embedding cache warm against recomputing the
    frozen encoder every step, at 1024 px input.
+3. Host syncs and aten ops of one training step at the recipe's defaults (11 rounds, 1 image, 64 masks,
+   1024 px; vit_tiny so that it runs on a CPU), with the loss's CPU chunking and with its GPU chunking
+   (what the step does on a GPU; counted by samft.engine.syncs.SyncCounter).
+4. The SAM objective alone at 64 x 4 x 256 x 256 (forward + backward): aten ops and time with each
+   chunking, both run on the CPU here.
 
-usage: python benchmarks/bench_engine.py [--quick] [--threads N]
+usage: python benchmarks/bench_engine.py [--quick] [--threads N] [--skip-recipe]
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from pathlib import Path
 
 import torch
 
+import samft.losses.sam as sam_module
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samft.config import load  # noqa: E402
 from samft.data.demo import make_demo_dataset  # noqa: E402
 from samft.engine.step import loss_targets, to_device  # noqa: E402
+from samft.engine.syncs import SyncCounter, optimizer_step_counters  # noqa: E402
 from samft.engine.trainer import Trainer  # noqa: E402
 from samft.losses.sam import sam  # noqa: E402
 from samft.models import build_model  # noqa: E402
@@ -105,10 +113,63 @@ def embedding_cache(data: Path, out: Path, steps: int, warmup: int, model: str) 
     return statistics.median(with_cache), statistics.median(recompute)
 
 
+def use_plan(plan) -> None:
+    """Make the loss behave as on the device ``plan`` is for (chunking, and value checks off on GPUs)."""
+    sam_module.chunk_plan = lambda device: plan
+    sam_module._checkable = lambda tensor: plan is sam_module.CPU_PLAN
+
+
+def recipe_step(data: Path, out: Path) -> list[tuple[str, int, int, float]]:
+    """(plan, host syncs, aten ops, seconds) of one step of SAM's recipe per chunk plan."""
+    cfg = load(REPO / "configs" / "sam_ft.yaml", [
+        f"data.train={data / 'train'}", "data.val=null", "data.num_workers=0", "model.name=vit_tiny",
+        "tracking.enabled=false", "train.progress=false", f"train.output_dir={out / 'recipe'}",
+        "schedule={name: constant, value: 1.0}", "train.steps=1000000"])
+    trainer = Trainer(cfg, project_root=out)
+    batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
+    repeat = -(-64 // batch["masks"].shape[0])  # the recipe's 64 masks per image
+    for key in ("masks", "points", "point_labels", "image_index"):
+        batch[key] = batch[key].repeat_interleave(repeat, 0)[:64]
+    rows = []
+    for name, plan in (("CPU chunking", sam_module.CPU_PLAN), ("GPU chunking", sam_module.ACCELERATOR_PLAN)):
+        use_plan(plan)
+        trainer.train_step(batch)  # optimiser state exists from here on
+        with SyncCounter(optimizer_step_counters(trainer.optimizer)) as counter:
+            trainer.train_step(batch)
+        start = time.perf_counter()
+        trainer.train_step(batch)
+        rows.append((name, counter.total_syncs, counter.total_ops, time.perf_counter() - start))
+    return rows
+
+
+def objective(steps: int) -> list[tuple[str, int, float]]:
+    """(plan, aten ops, seconds) of the sam objective, forward + backward, at 64 x 4 x 256 x 256."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 4, 256, 256, generator=g).requires_grad_(True)
+    target = (torch.rand(64, 256, 256, generator=g) > 0.7).float()
+    iou_pred = torch.rand(64, 4, generator=g).requires_grad_(True)
+    valid = torch.ones(64, 256, 256, dtype=torch.bool)
+    candidates = torch.zeros(64, 4, dtype=torch.bool)
+    candidates[:, 1:] = True
+
+    def run():
+        out = sam(logits, target, iou_pred=iou_pred, candidates=candidates, valid=valid, num_masks=64.0)
+        out["loss"].backward()
+
+    rows = []
+    for name, plan in (("CPU chunking", sam_module.CPU_PLAN), ("GPU chunking", sam_module.ACCELERATOR_PLAN)):
+        use_plan(plan)
+        with SyncCounter() as counter:
+            run()
+        rows.append((name, counter.total_ops, statistics.median(timed(run, steps, 1))))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--skip-recipe", action="store_true", help="skip the 1024 px recipe step (slow on CPU)")
     parser.add_argument("--cache-model", default="vit_tiny", help="SAM variant of the cache benchmark (vit_b: ~12 s "
                         "per encoder pass on 2 CPU cores)")
     args = parser.parse_args()
@@ -121,6 +182,8 @@ def main() -> None:
         fw, bare = overhead(tmp / "data", tmp, steps, warmup)
         cache_steps, cache_warmup = (steps, warmup) if args.cache_model == "vit_tiny" else (2, 1)
         cache, recompute = embedding_cache(tmp / "data", tmp, cache_steps, cache_warmup, args.cache_model)
+        recipe = [] if args.skip_recipe else recipe_step(tmp / "data", tmp)
+        loss_rows = objective(steps)
     print(f"engine benchmark, cpu, {torch.get_num_threads()} threads; medians of interleaved steps: {steps} "
           f"(overhead), {cache_steps} (cache)")
     print("| measurement | ms/step | ratio |")
@@ -130,6 +193,19 @@ def main() -> None:
     print(f"| frozen encoder recomputed every step ({args.cache_model}, 1024 px, 16 masks) | {recompute * 1e3:.1f} "
           "| 1.00x |")
     print(f"| embedding cache warm, same step | {cache * 1e3:.1f} | {recompute / cache:.1f}x faster |")
+    if recipe:
+        print("\nOne step of SAM's recipe (vit_tiny, 1024 px, 1 image, 64 masks, 11 rounds), run on the CPU:")
+        print("| loss chunking | host syncs/step | aten ops/step | s/step |")
+        print("|---|---:|---:|---:|")
+        for name, syncs, ops, seconds in recipe:
+            print(f"| {name} | {syncs} | {ops:,} | {seconds:.2f} |")
+        print(f"GPU chunking vs CPU chunking: {recipe[1][2] / recipe[0][2]:.3f}x the ops, "
+              f"{recipe[1][1]} vs {recipe[0][1]} syncs")
+    print("\nsam objective alone, 64 x 4 x 256 x 256, forward + backward, on the CPU:")
+    print("| loss chunking | aten ops | ms | ratio |")
+    print("|---|---:|---:|---:|")
+    for name, ops, seconds in loss_rows:
+        print(f"| {name} | {ops:,} | {seconds * 1e3:.0f} | {seconds / loss_rows[0][2]:.2f}x |")
 
 
 if __name__ == "__main__":

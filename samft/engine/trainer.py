@@ -173,7 +173,8 @@ class Trainer:
                 return encode_images(self.model, part).float()
 
         files = [meta["file"] for meta in batch["meta"]]
-        embeddings = self.embedding_cache.embeddings(files, encode, found=batch.get("cached_embeddings"))
+        batch = dict(batch)
+        embeddings = self.embedding_cache.embeddings(files, encode, found=batch.pop("cached_embeddings", None))
         return {**batch, "embeddings": embeddings.to(self.runtime.device, torch.float32, non_blocking=True)}
 
     def _wrap(self, module: InteractiveForward) -> torch.nn.Module:

@@ -65,3 +65,16 @@ def test_cache_is_refused_where_embeddings_would_change(demo_data, tmp_path):
         Trainer(cached_config(demo_data, tmp_path, "model.freeze_image_encoder=false"))
     with pytest.raises(ConfigError, match="augment"):
         Trainer(cached_config(demo_data, tmp_path, "data.augment=[{name: HorizontalFlip}]"))
+
+
+def test_loader_workers_read_the_cache_ahead_of_the_step(demo_data, tmp_path, monkeypatch):
+    """With data.num_workers > 0 the cached embeddings arrive with the batch: the training process
+    itself reads no cache file."""
+    Trainer(cached_config(demo_data, tmp_path, "train.steps=6")).fit()  # one epoch: every image cached
+    trainer = Trainer(cached_config(demo_data, tmp_path, "train.steps=3", "data.num_workers=1"))
+    reads_here = []
+    original = EmbeddingCache.get
+    monkeypatch.setattr(EmbeddingCache, "get", lambda self, f: reads_here.append(f) or original(self, f))
+    trainer.fit()
+    assert reads_here == []  # read in the worker process (its appends go to its own copy of the list)
+    assert (trainer.embedding_cache.hits, trainer.embedding_cache.misses) == (6, 0)
