@@ -5,9 +5,10 @@
    same math with segment_anything's modules directly (target: at most 1.10x).
 2. Decoder-only fine-tuning (frozen encoder) with the embedding cache warm against recomputing the
    frozen encoder every step, at 1024 px input.
-3. Host syncs and aten ops of one training step at the recipe's defaults (11 rounds, 1 image, 64 masks,
-   1024 px; vit_tiny so that it runs on a CPU), with the loss's CPU chunking and with its GPU chunking
-   (what the step does on a GPU; counted by samft.engine.syncs.SyncCounter).
+3. Host syncs and aten ops of one training step at the recipe's defaults (11 rounds, 1 image, 1024 px;
+   vit_tiny and 16 masks instead of 64 so that it fits a CPU machine's memory: 64 masks x 11 rounds keep
+   over 20 GB of decoder activations), with the loss's CPU chunking and with its GPU chunking (what the
+   step does on a GPU; counted by samft.engine.syncs.SyncCounter).
 4. The SAM objective alone at 64 x 4 x 256 x 256 (forward + backward): aten ops and time with each
    chunking, both run on the CPU here.
 
@@ -119,7 +120,7 @@ def use_plan(plan) -> None:
     sam_module._checkable = lambda tensor: plan is sam_module.CPU_PLAN
 
 
-def recipe_step(data: Path, out: Path) -> list[tuple[str, int, int, float]]:
+def recipe_step(data: Path, out: Path, masks: int) -> list[tuple[str, int, int, float]]:
     """(plan, host syncs, aten ops, seconds) of one step of SAM's recipe per chunk plan."""
     cfg = load(REPO / "configs" / "sam_ft.yaml", [
         f"data.train={data / 'train'}", "data.val=null", "data.num_workers=0", "model.name=vit_tiny",
@@ -127,9 +128,9 @@ def recipe_step(data: Path, out: Path) -> list[tuple[str, int, int, float]]:
         "schedule={name: constant, value: 1.0}", "train.steps=1000000"])
     trainer = Trainer(cfg, project_root=out)
     batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
-    repeat = -(-64 // batch["masks"].shape[0])  # the recipe's 64 masks per image
+    repeat = -(-masks // batch["masks"].shape[0])
     for key in ("masks", "points", "point_labels", "image_index"):
-        batch[key] = batch[key].repeat_interleave(repeat, 0)[:64]
+        batch[key] = batch[key].repeat_interleave(repeat, 0)[:masks]
     rows = []
     for name, plan in (("CPU chunking", sam_module.CPU_PLAN), ("GPU chunking", sam_module.ACCELERATOR_PLAN)):
         use_plan(plan)
@@ -170,6 +171,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repetitions")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--skip-recipe", action="store_true", help="skip the 1024 px recipe step (slow on CPU)")
+    parser.add_argument("--recipe-masks", type=int, default=16, help="masks in the recipe step (SAM: 64; ~5 GB "
+                        "of CPU memory per 16)")
     parser.add_argument("--cache-model", default="vit_tiny", help="SAM variant of the cache benchmark (vit_b: ~12 s "
                         "per encoder pass on 2 CPU cores)")
     args = parser.parse_args()
@@ -182,7 +185,7 @@ def main() -> None:
         fw, bare = overhead(tmp / "data", tmp, steps, warmup)
         cache_steps, cache_warmup = (steps, warmup) if args.cache_model == "vit_tiny" else (2, 1)
         cache, recompute = embedding_cache(tmp / "data", tmp, cache_steps, cache_warmup, args.cache_model)
-        recipe = [] if args.skip_recipe else recipe_step(tmp / "data", tmp)
+        recipe = [] if args.skip_recipe else recipe_step(tmp / "data", tmp, args.recipe_masks)
         loss_rows = objective(steps)
     print(f"engine benchmark, cpu, {torch.get_num_threads()} threads; medians of interleaved steps: {steps} "
           f"(overhead), {cache_steps} (cache)")
@@ -194,7 +197,8 @@ def main() -> None:
           "| 1.00x |")
     print(f"| embedding cache warm, same step | {cache * 1e3:.1f} | {recompute / cache:.1f}x faster |")
     if recipe:
-        print("\nOne step of SAM's recipe (vit_tiny, 1024 px, 1 image, 64 masks, 11 rounds), run on the CPU:")
+        print(f"\nOne step of SAM's recipe (vit_tiny, 1024 px, 1 image, {args.recipe_masks} masks, 11 rounds), "
+              "run on the CPU:")
         print("| loss chunking | host syncs/step | aten ops/step | s/step |")
         print("|---|---:|---:|---:|")
         for name, syncs, ops, seconds in recipe:
