@@ -542,7 +542,9 @@ class Trainer:
         self.run_id = state.get("mlflow_run_id")
 
     def _load_rank_state(self, state: dict[str, Any]) -> None:
-        ranks = state["ranks"]
+        # Checkpoints of samft <= 0.1.0 hold one rank's random state and float epoch sums.
+        ranks = state.get("ranks") or [{"rng": state["rng"], "epoch_sums": {
+            k: torch.tensor(float(v), dtype=torch.float64) for k, v in state["epoch_sums"].items()}}]
         if len(ranks) != self.dist.world_size:
             log.warning("the checkpoint was written by %d ranks, this run has %d: data order and random "
                         "streams continue, but not exactly as an uninterrupted run would", len(ranks),

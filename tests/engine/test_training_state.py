@@ -253,3 +253,16 @@ def test_an_overflow_the_grad_scaler_finds_skips_the_step_and_the_schedules(demo
     assert int(trainer.weighting.initial_count) == 0 and torch.equal(trainer.weighting.weights, weighting["weights"])
     assert trainer.train_step(batch).stepped and int(trainer.weighting.initial_count) == 1
     assert trainer.lr_scheduler.state_dict() != schedule
+
+
+def test_a_checkpoint_of_the_previous_layout_still_resumes(demo_data, tmp_path):
+    """samft 0.1.0 saved one rank's random state under "rng" and float epoch sums."""
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=2", "train.run_name=old"))
+    trainer.fit()
+    state = torch.load(trainer.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    own = state.pop("ranks")[0]
+    old = {**state, "rng": own["rng"], "epoch_sums": {k: float(v) for k, v in own["epoch_sums"].items()}}
+    fresh = Trainer(tiny_config(demo_data, tmp_path, "train.steps=4", "train.run_name=new"))
+    fresh.load_state_dict(old)
+    assert fresh.step == 2 and torch.equal(fresh.click_generator.get_state(), own["rng"]["generators"][0])
+    assert set(fresh.epoch_sums) == set(own["epoch_sums"])
