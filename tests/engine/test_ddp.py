@@ -24,17 +24,28 @@ def torchrun(data, out, fault="none", *overrides, expect=0):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
            str(data), str(out), fault, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         stdout, stderr = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc.pid)
         stdout, stderr = proc.communicate()
         pytest.fail(f"2-rank run did not finish within {TIMEOUT} s (a hang):\n{stderr[-3000:]}")
     assert proc.returncode == expect, stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     return ranks[0], ranks[1], stderr
+
+
+def kill_tree(pid):
+    """SIGKILL torchrun and its workers (which run in sessions of their own, out of its process group)."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    for process in [*parent.children(recursive=True), parent]:
+        try:
+            process.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
 
 
 def assert_same(a, b):
