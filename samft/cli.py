@@ -37,14 +37,18 @@ def run_cli(main, argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return main(argv)
+    except SystemExit:
+        # Before the user-error clause: evaluating user_errors() imports the engine, which cost
+        # ~6 s on every `--help` (argparse exits with SystemExit).
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except user_errors() as exc:
         if os.environ.get("SAMFT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def _train(argv: list[str]) -> int:
