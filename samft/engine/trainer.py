@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
+from samft.engine import console, threads
 from samft.engine import distributed as dist
 from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
@@ -70,6 +71,7 @@ class Trainer:
             raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
         self.dist = dist.from_env()
+        log.info("%s", threads.apply_threads(cfg.train.threads).describe())
         runtime = make_runtime(cfg.train.device, cfg.train.precision)
         self.runtime = type(runtime)(dist.init(runtime.device, self.dist), runtime.precision)
         seed_everything(cfg.train.seed)
@@ -347,6 +349,8 @@ class Trainer:
                 tracker.log_metrics(record, step=self.step)
                 history.append({"step": float(self.step), **record})
                 progress.set_postfix(loss=f"{record.get('loss/total', float('nan')):.4f}")
+                if progress.disable and self.dist.is_main:  # no bar (batch job, no terminal): a log line
+                    log.info("%s", console.format_step(self.step, cfg.train.steps, record))
             if self.val_set is not None and (self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps):
                 val_metrics.update(self.validate(tracker))
             if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
@@ -375,7 +379,7 @@ class Trainer:
             tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
                                  stacked["point_labels"], step=self.step, tag="val")
         self._keep_best(metrics)
-        log.info("step %d validation: %s", self.step, metrics)
+        log.info("%s", console.format_validation(self.step, metrics))
         return metrics
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
@@ -429,7 +433,7 @@ class Trainer:
         if not self.dist.is_main:
             return Tracker.disabled()
         tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
-                                resume_run_id=self.run_id,
+                                resume_run_id=self.run_id, run_name=self.run_dir.name,
                                 tags={"samft.run_dir": str(self.run_dir),
                                       "samft.dataset_fingerprint": dataset_fingerprint(self.train_set)})
         log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)
