@@ -58,8 +58,13 @@ def _train(argv: list[str]) -> int:
     from samft.config import load
     from samft.engine.trainer import Trainer
 
+    from samft.engine.threads import apply_threads
+
     cfg = load(argv[0], argv[1:])
     name_run(cfg, argv[0])
+    # Here, not in Trainer: a process-wide setting belongs to the process's entry point (tests and
+    # benchmarks that build a Trainer keep the thread count they chose).
+    logging.getLogger("samft.train").info("%s", apply_threads(cfg.train.threads).describe())
     result = Trainer(cfg, project_root=Path.cwd()).fit()
     if not is_main_process():
         return 0

@@ -93,7 +93,7 @@ class TrainConfig:
     grad_analysis_every: int = 0  # log per-term gradient norms at grad_analysis_layer every k steps (0: off)
     grad_analysis_layer: str = "mask_decoder.transformer.norm_final_attn"  # shared by every SAM output head
     progress: bool = True
-    threads: Optional[int] = None  # intra-op CPU threads; None = the CPUs this process may use (see samft/engine/threads.py)
+    threads: Optional[int] = None  # intra-op CPU threads set by tools/train.py; None = the CPUs this process may use
 
 
 @dataclass

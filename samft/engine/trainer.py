@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
-from samft.engine import console, threads
+from samft.engine import console
 from samft.engine import distributed as dist
 from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, save_atomic
@@ -71,7 +71,6 @@ class Trainer:
             raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
         self.dist = dist.from_env()
-        log.info("%s", threads.apply_threads(cfg.train.threads).describe())
         runtime = make_runtime(cfg.train.device, cfg.train.precision)
         self.runtime = type(runtime)(dist.init(runtime.device, self.dist), runtime.precision)
         seed_everything(cfg.train.seed)
