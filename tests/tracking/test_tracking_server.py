@@ -61,7 +61,7 @@ def test_session_lands_params_metrics_artifacts(mlflow_server, tmp_path: Path) -
     assert names == {"config.yaml", "curves", "overlays"}
     # Proxied artifacts end up in the server's --artifacts-destination.
     stored = {p.name for p in (mlflow_server.root / "artifacts").rglob("*.png")}
-    assert {"step_0000010.png", "loss__total.png", "val__iou.png", "all_metrics.png"} <= stored
+    assert {"step_0000010.png", "loss__total.png", "val__miou_point.png", "all_metrics.png"} <= stored
     downloaded = client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
     assert "lr: 0.0001" in Path(downloaded).read_text()
 
