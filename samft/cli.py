@@ -37,14 +37,18 @@ def run_cli(main, argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return main(argv)
+    except SystemExit:
+        # Before the user-error clause: evaluating user_errors() imports the engine, which cost
+        # ~6 s on every `--help` (argparse exits with SystemExit).
+        raise
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
     except user_errors() as exc:
         if os.environ.get("SAMFT_DEBUG"):
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
 
 
 def _train(argv: list[str]) -> int:
@@ -54,22 +58,57 @@ def _train(argv: list[str]) -> int:
     from samft.config import load
     from samft.engine.trainer import Trainer
 
+    from samft.engine.threads import apply_threads
+
     cfg = load(argv[0], argv[1:])
+    name_run(cfg, argv[0])
+    # Here, not in Trainer: a process-wide setting belongs to the process's entry point (tests and
+    # benchmarks that build a Trainer keep the thread count they chose).
+    logging.getLogger("samft.train").info("%s", apply_threads(cfg.train.threads).describe())
     result = Trainer(cfg, project_root=Path.cwd()).fit()
     if not is_main_process():  # quiet, but with the same exit status as rank 0
         return 128 + int(getattr(signal, result.stopped_by)) if result.stopped_by else 0
+    from samft.engine.console import RunInfo, run_summary, shown_path
+
+    python = shown_path(Path(sys.executable))
     if result.stopped_by:
         print(f"\nStopped by {result.stopped_by} at step {result.steps}; checkpoint {result.checkpoint}. "
-              f"Resume with: python tools/train.py {' '.join(argv)} train.resume=auto "
+              f"Resume with: {python} tools/train.py {' '.join(argv)} train.resume=auto "
               f"train.run_name={result.run_dir.name}")
         return 128 + int(getattr(signal, result.stopped_by))
-    print(f"\nTrained {result.steps} steps. Run folder: {result.run_dir}")
-    print(f"Checkpoint: {result.checkpoint}")
-    if result.val_metrics:
-        print("Validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.val_metrics.items())))
-    if result.run_id:
-        print(f"MLflow run {result.run_id}. {result.ui_hint}")
+    info = RunInfo(result.run_dir, result.steps, result.val_metrics, **_mlflow_run(cfg, result.run_id))
+    print("\n" + "\n".join(run_summary(info, python=python)))
     return 0
+
+
+def name_run(cfg, config_path: str) -> None:
+    """Without ``train.run_name``, name the run ``<config name>-<time>`` (its folder and its MLflow
+    run): runs of different configs are told apart at a glance. ``train.resume=auto`` without a
+    name keeps looking for the newest run instead."""
+    import time
+
+    from omegaconf import read_write
+
+    if cfg.train.run_name is None and cfg.train.resume != "auto":
+        with read_write(cfg):
+            cfg.train.run_name = f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _mlflow_run(cfg, run_id: str | None) -> dict[str, str | None]:
+    """The MLflow run's name and browser URL for the summary; nothing when tracking is off."""
+    if not run_id:
+        return {}
+    from mlflow.tracking import MlflowClient
+
+    from samft.tracking import store
+
+    uri = store.resolve_tracking_uri(cfg.tracking.uri, Path.cwd())
+    try:
+        run = MlflowClient(tracking_uri=uri).get_run(run_id)
+    except Exception:  # the server went away after training: the summary must still print
+        return {"experiment": cfg.tracking.experiment}
+    return {"experiment": cfg.tracking.experiment, "run_name": run.info.run_name,
+            "run_url": store.run_url(uri, run.info.experiment_id, run_id)}
 
 
 EVAL_USAGE = """usage: python tools/evaluate.py CONFIG.yaml model.checkpoint=PATH [key=value ...] [--json FILE]
@@ -113,6 +152,34 @@ def _evaluate(argv: list[str]) -> int:
     if json_out is not None:
         json_out.write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
     return 0
+
+
+def _export(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="export_sam.py",
+        description="Write the model weights of a samft checkpoint as a plain SAM state dict (.pth): "
+                    "segment_anything's sam_model_registry[NAME](checkpoint=OUT) loads it for vit_b/l/h, "
+                    "and samft's model.checkpoint=OUT for every model.")
+    parser.add_argument("checkpoint", type=Path, help="samft checkpoint, e.g. outputs/RUN/checkpoints/best.pt")
+    parser.add_argument("out", type=Path, help="output .pth file")
+    args = parser.parse_args(argv)
+    import torch
+
+    from samft.models.checkpoint import read_state_dict
+
+    state = read_state_dict(args.checkpoint)  # weights_only: no code from the file runs
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, args.out)
+    params = sum(t.numel() for t in state.values())
+    print(f"{args.out}: {len(state)} tensors, {params / 1e6:.2f}M values (model weights only; "
+          "no optimiser or training state)")
+    return 0
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    return run_cli(_export, sys.argv[1:] if argv is None else argv)
 
 
 def evaluate_main(argv: list[str] | None = None) -> int:

@@ -93,6 +93,7 @@ class TrainConfig:
     grad_analysis_every: int = 0  # log per-term gradient norms at grad_analysis_layer every k steps (0: off)
     grad_analysis_layer: str = "mask_decoder.transformer.norm_final_attn"  # shared by every SAM output head
     progress: bool = True
+    threads: Optional[int] = None  # intra-op CPU threads set by tools/train.py; None = the CPUs this process may use
 
 
 @dataclass
@@ -248,11 +249,45 @@ def _drop_renamed_specs(base: Any, layer: Any) -> None:
             _drop_renamed_specs(old, new)
 
 
+# Names other frameworks use for samft's keys. Spelling-based suggestions cannot link
+# `learning_rate` to `lr`, so the meaning is matched here; an alias is only suggested when its
+# target is a key of the section the user wrote (`optim.learning_rate` -> `lr`).
+ALIASES = {
+    "learning_rate": "lr", "base_lr": "lr", "lr_rate": "lr",
+    "wd": "weight_decay", "decay": "weight_decay",
+    "max_steps": "steps", "num_steps": "steps", "iterations": "steps", "iters": "steps",
+    "max_iters": "steps", "total_steps": "steps", "epochs": "steps", "num_epochs": "steps",
+    "bs": "batch_size", "batch": "batch_size", "per_device_batch_size": "batch_size",
+    "workers": "num_workers", "num_worker": "num_workers",
+    "ckpt": "checkpoint", "weights": "checkpoint", "pretrained": "checkpoint", "resume_from": "resume",
+    "arch": "name", "model_type": "name", "backbone": "name", "type": "name",
+    "img_size": "image_size", "input_size": "image_size", "resolution": "image_size",
+    "amp": "precision", "mixed_precision": "precision", "fp16": "precision", "dtype": "precision",
+    "clip_grad": "grad_clip", "max_grad_norm": "grad_clip", "gradient_clipping": "grad_clip",
+    "clip_grad_norm": "grad_clip",
+    "accumulate_grad_batches": "grad_accum", "gradient_accumulation_steps": "grad_accum",
+    "eval_every": "val_every", "val_interval": "val_every", "validate_every": "val_every",
+    "save_every": "checkpoint_every", "ckpt_every": "checkpoint_every",
+    "out_dir": "output_dir", "output": "output_dir", "work_dir": "output_dir",
+    "name_of_run": "run_name", "experiment_name": "experiment", "tracking_uri": "uri",
+    "log_interval": "log_every", "num_threads": "threads", "omp_num_threads": "threads",
+    "clicks_per_mask": "correction_clicks", "num_clicks": "correction_clicks",
+}
+
+
+def _suggestion(key: str, known: list[str]) -> str:
+    """" Did you mean ...?" by meaning (ALIASES) first, then by spelling."""
+    alias = ALIASES.get(key.lower())
+    if alias in known and alias != key:
+        return f" Did you mean {alias!r}?"
+    return did_you_mean(key, known)
+
+
 def _unknown_key_message(exc: ConfigKeyError, source: str) -> str:
     full_key = str(exc.full_key or exc.key)
     parent, _, key = full_key.rpartition(".")
     known = _known_keys(parent)
-    hint = did_you_mean(key, known) if known else ""
+    hint = _suggestion(key, known) if known else ""
     where = f"section '{parent}'" if parent else "the top level"
     return (
         f"Unknown config key '{full_key}' in {source}.{hint} "

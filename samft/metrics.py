@@ -5,10 +5,15 @@ Every metric takes ``(logits_or_masks, target)`` with masks in the last two dime
 A prediction is foreground where it is ``> 0``, which works for logits and for 0/1 or bool
 masks alike; a target is foreground where it is ``> 0.5`` (``mask_iou`` ignores pixels ``< 0``).
 Metrics carry no gradient.
+
+Every metric declares which way is better where it is defined: per-mask metrics when they
+register (``better="higher"``), the validation summary and the training log in the tables below.
+:func:`direction` answers for any logged key; run comparison (``tools/compare_runs.py``) uses it.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import math
 
 import torch
@@ -35,7 +40,7 @@ def _ratio_or_one(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
     return torch.where(den > 0, num.float() / den.clamp(min=1).float(), 1.0)
 
 
-@METRICS.register("stability_score")
+@METRICS.register("stability_score", better="higher")
 @torch.no_grad()
 def stability_score(
     logits: torch.Tensor,
@@ -66,7 +71,7 @@ def stability_score(
     return torch.where(union > 0, inter.float() / union.clamp(min=1).float(), 0.0)
 
 
-@METRICS.register("mask_iou")
+@METRICS.register("mask_iou", better="higher")
 @torch.no_grad()
 def mask_iou(pred: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor | None = None) -> torch.Tensor:
     """Intersection over union of the predicted and target masks.
@@ -85,7 +90,7 @@ def mask_iou(pred: torch.Tensor, target: torch.Tensor, *, valid: torch.Tensor | 
     return _ratio_or_one(_count(p & t), _count(p | t))
 
 
-@METRICS.register("boundary_iou")
+@METRICS.register("boundary_iou", better="higher")
 @torch.no_grad()
 def boundary_iou(pred: torch.Tensor, target: torch.Tensor, *, dilation_ratio: float = 0.02) -> torch.Tensor:
     """Boundary IoU (Cheng et al. 2021): IoU of the masks' inner boundary bands.
@@ -122,3 +127,54 @@ def _boundary(mask: torch.Tensor, band: int) -> torch.Tensor:
     dilated = F.max_pool2d(dilated, kernel_size=(2 * band + 1, 1), stride=1)
     eroded = (dilated < 0.5).reshape(mask.shape)
     return mask & ~eroded
+
+
+HIGHER, LOWER = "higher", "lower"
+
+# The validation summary (samft.engine.evaluate, logged as val/<key>): means of the per-mask
+# metrics above under each prompt protocol. tests/test_metric_directions.py fails for a key
+# evaluate() returns that is not declared here.
+VALIDATION_METRICS: dict[str, str | None] = {
+    "miou_point": HIGHER,  # mask_iou from the centre point
+    "miou_box": HIGHER,
+    "miou_click*": HIGHER,  # after k correction clicks
+    "boundary_iou_point": HIGHER,
+    "iou_calibration_point": LOWER,  # mean |predicted - actual IoU|: an error
+    "stability_point": HIGHER,  # mean stability_score of the chosen masks
+    "stable_share_point": HIGHER,  # share of masks SAM's automatic generator would keep (>= 0.95)
+    "num_masks": None,  # a count: no better end
+}
+
+# What the trainer logs per step. Every loss is minimised (the LOSSES contract), whatever its name
+# ("loss/dice" is a loss, although Dice alone is a score); settings and diagnostics have no better end.
+TRAINING_METRICS: dict[str, str | None] = {
+    "loss/*": LOWER,
+    "loss_round*/*": LOWER,
+    "images_per_s": HIGHER,
+    "skipped_files": LOWER,
+    "nonfinite_skipped": LOWER,
+    "lr/*": None,
+    "weight/*": None,
+    "grad_norm": None,
+    "grad_norm/*": None,
+    "stat/*": None,
+    "masks": None,
+}
+
+
+def direction(key: str) -> str | None:
+    """Which way is better for a logged metric key: "higher", "lower" or None (no better end, or
+    not declared anywhere).
+
+    Args:
+        key: A key as logged, e.g. ``val/miou_point``, ``loss/dice``, ``val/miou_click5`` or the
+            name of a registered metric (``mask_iou``); a ``val/`` prefix is ignored.
+    """
+    name = key.removeprefix("val/")
+    for table in (TRAINING_METRICS, VALIDATION_METRICS):
+        for pattern, better in table.items():
+            if fnmatch.fnmatchcase(name, pattern):
+                return better
+    if name in METRICS.names():
+        return METRICS.info(name).get("better")
+    return None

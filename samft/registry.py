@@ -44,22 +44,32 @@ class Registry:
         builtins: Module imported before the first lookup so that built-in entries exist
             without the caller importing them.
         contract: The call contract every entry must follow; appended to the docstring.
+        required: Facts every entry must declare when it registers, e.g. ``("better",)`` for
+            metrics (which way is better); read back with :meth:`info`.
     """
 
-    def __init__(self, kind: str, builtins: str | None = None, contract: str = "", item: str | None = None) -> None:
+    def __init__(self, kind: str, builtins: str | None = None, contract: str = "", item: str | None = None,
+                 required: tuple[str, ...] = ()) -> None:
         self.kind = kind
         self.item = item or kind.removesuffix("s")
         self.group = f"samft.{kind}"
         self._builtins = builtins
         self._builtins_loaded = builtins is None
         self._entries: dict[str, Callable[..., Any]] = {}
+        self._info: dict[str, dict[str, Any]] = {}
+        self._required = required
         self.__doc__ = f"Registry of samft {kind}.\n\n{contract}".strip()
 
     # -- registration ---------------------------------------------------------------------
-    def register(self, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator registering ``obj`` under ``name``; a duplicate name is an error."""
+    def register(self, name: str, **info: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator registering ``obj`` under ``name`` with its declared ``info``; a duplicate name
+        or a missing required fact (``better=`` for metrics) is an error."""
         if not name or name != name.lower() or not name.replace("_", "").isalnum():
             raise RegistryError(f"{self.kind}: name {name!r} must be lowercase snake_case.")
+        missing = [key for key in self._required if key not in info]
+        if missing:
+            raise RegistryError(f"{self.kind}: {name!r} must declare {', '.join(missing)} when it registers, "
+                                f"e.g. @{self.kind.upper()}.register({name!r}, {missing[0]}=...).")
 
         def decorator(obj: Callable[..., Any]) -> Callable[..., Any]:
             if name in self._entries:
@@ -68,6 +78,7 @@ class Registry:
                     f"{_where(self._entries[name])} and by {_where(obj)}. Rename one of them."
                 )
             self._entries[name] = obj
+            self._info[name] = dict(info)
             return obj
 
         return decorator
@@ -95,6 +106,14 @@ class Registry:
         obj = _load_entry_point(entry_point, self.group)
         self._entries[name] = obj
         return obj
+
+    def info(self, name: str) -> dict[str, Any]:
+        """What ``name`` declared when it registered (a plugin's: its callable's attributes named
+        like the registry's required facts, e.g. ``my_metric.better = "higher"``)."""
+        obj = self.get(name)
+        if name in self._info:
+            return dict(self._info[name])
+        return {key: getattr(obj, key) for key in self._required if hasattr(obj, key)}
 
     def build(self, spec: Mapping[str, Any] | str, **extra: Any) -> Any:
         """Build from ``{"name": ..., **kwargs}``: classes are instantiated, functions bound.
@@ -208,6 +227,9 @@ METRICS = Registry(
     builtins="samft.metrics",
     contract=(
         "A metric is called as ``metric(logits_or_masks, target)`` on tensors ``[N, H, W]`` and\n"
-        "returns a tensor ``[N]`` of per-mask values."
+        "returns a tensor ``[N]`` of per-mask values. It declares which way is better when it\n"
+        "registers: ``@METRICS.register(name, better=\"higher\" | \"lower\")`` (a plugin: a\n"
+        "``better`` attribute on the function); run comparison and best checkpoints rely on it."
     ),
+    required=("better",),
 )

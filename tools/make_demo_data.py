@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from samft.cli import run_cli  # noqa: E402
-from samft.data.errors import DataError  # noqa: E402
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -36,6 +35,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--split-from", type=Path, help="split this SA-1B folder instead of writing demo images")
     parser.add_argument("--copy", action="store_true", help="with --split-from: copy instead of hard-linking")
     args = parser.parse_args(argv)
+    from samft.data.errors import DataError  # after parsing: --help must not wait for torch
+
     if not 0.0 <= args.val_fraction < 1.0:
         raise DataError(f"--val-fraction must be in [0, 1), got {args.val_fraction}.")
     if args.split_from is not None:

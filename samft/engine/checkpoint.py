@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from samft.models import CheckpointError
+from samft.safe_load import load_failure_reason
 
 
 def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
@@ -35,7 +36,10 @@ def save_atomic(state: dict[str, Any], path: str | Path) -> Path:
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a samft training checkpoint (tensors and plain containers only: ``weights_only=True``)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        return torch.load(Path(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # samft's message, without PyTorch's advice to load with weights_only=False
+        raise CheckpointError(f"Checkpoint {path} could not be read: {load_failure_reason(exc)}.") from None
 
 
 def find_resume_checkpoint(resume: str | None, folder: str | Path, *, search_runs: bool = False) -> Path | None:

@@ -156,14 +156,16 @@ def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:
 
 
 def _examples(batch, binary, count: int) -> list[dict[str, Any]]:
-    """Up to ``count`` single-mask examples (image, ground truth, centre-point prediction) for overlays."""
-    rows = range(min(max(count, 0), binary.shape[0]))
-    points = center_points(batch["masks"][: len(rows)].bool()) if len(rows) else None
+    """Up to ``count`` single-mask examples (image, ground truth, centre-point prediction) for overlays,
+    one per image (its first mask): each overlay row shows another image."""
+    index = batch["image_index"].tolist()
+    rows = [index.index(image) for image in dict.fromkeys(index)][: max(count, 0)]
+    points = center_points(batch["masks"][rows].bool()) if rows else None
     labels = torch.full((len(rows), 1), POSITIVE)
     return [{
         "image": batch["images"][batch["image_index"][i]].cpu(),
         "gt": batch["masks"][i].cpu().bool(),
         "pred": binary[i].cpu(),
-        "points": points[i].cpu(),
-        "point_labels": labels[i],
-    } for i in rows]
+        "points": points[j].cpu(),
+        "point_labels": labels[j],
+    } for j, i in enumerate(rows)]

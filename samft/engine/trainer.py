@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import SA1BDataset, collate_masks
+from samft.engine import console
 from samft.engine import distributed as dist
 from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial_writes, save_atomic
@@ -456,6 +457,8 @@ class Trainer:
                 tracker.log_metrics(record, step=self.step)
                 history.append({"step": float(self.step), **record})
                 progress.set_postfix(loss=f"{record.get('loss/total', float('nan')):.4f}")
+                if progress.disable and self.dist.is_main:  # no bar (batch job, no terminal): a log line
+                    log.info("%s", console.format_step(self.step, cfg.train.steps, record))
             if self.val_set is not None and (self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps):
                 val_metrics.update(self.validate(tracker))
             if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
@@ -493,7 +496,7 @@ class Trainer:
             tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
                                  stacked["point_labels"], step=self.step, tag="val")
         self._keep_best(metrics)
-        log.info("step %d validation: %s", self.step, metrics)
+        log.info("%s", console.format_validation(self.step, metrics))
         return metrics
 
     def _keep_best(self, metrics: dict[str, float]) -> None:
@@ -568,7 +571,7 @@ class Trainer:
         if not self.dist.is_main:
             return Tracker.disabled()
         tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
-                                resume_run_id=self.run_id,
+                                resume_run_id=self.run_id, run_name=self.run_dir.name,
                                 tags={"samft.run_dir": str(self.run_dir),
                                       "samft.dataset_fingerprint": dataset_fingerprint(self.train_set)})
         log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)

@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from samft.models.build import ARCHS
+from samft.models.build import ARCHS, PATCH_SIZE
+from samft.safe_load import load_failure_reason
 
 _EMBED_KEY = "image_encoder.patch_embed.proj.weight"
 
@@ -31,10 +32,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj: Any = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(
-            f"Checkpoint {path} could not be read as PyTorch weights ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0]}). It may be truncated or not a checkpoint; download it again."
-        ) from None
+        raise CheckpointError(f"Checkpoint {path} could not be read as weights: {load_failure_reason(exc)}.") from None
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -63,6 +61,12 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
     return names[0] if names else None
 
 
+def guess_image_size(state: dict[str, torch.Tensor]) -> int | None:
+    """Input side the checkpoint was trained at: its position embedding is ``[1, S/16, S/16, C]``."""
+    pos = state.get("image_encoder.pos_embed")
+    return int(pos.shape[1]) * PATCH_SIZE if pos is not None and pos.dim() == 4 else None
+
+
 def _mismatch_message(path, model_name, state, own, missing, unexpected, misshaped) -> str:
     def few(keys: list[str]) -> str:
         return ", ".join(keys[:3]) + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
@@ -78,8 +82,8 @@ def _mismatch_message(path, model_name, state, own, missing, unexpected, misshap
             f"{len(misshaped)} keys of another shape (e.g. {k}: checkpoint {tuple(state[k].shape)} vs "
             f"model {tuple(own[k].shape)})"
         )
-    guess = guess_arch(state)
-    fix = (f"It looks like a {guess} checkpoint: set model.name={guess}."
-           if guess and guess != model_name else
-           "Check that model.name and model.image_size match the checkpoint.")
+    guess, size = guess_arch(state), guess_image_size(state)
+    settings = " ".join(([f"model.name={guess}"] if guess else []) + ([f"model.image_size={size}"] if size else []))
+    fix = (f"It looks like a checkpoint of {settings}: set {settings} (or evaluate with the run's own "
+           "config.yaml)." if settings else "Check that model.name and model.image_size match the checkpoint.")
     return f"Checkpoint {path} does not fit model {model_name or '(unnamed)'}: {'; '.join(parts)}. {fix}"

@@ -6,8 +6,9 @@ Used by ``tools/compare_runs.py``::
     print(format_table(comparison))
     write_report(comparison, Path("outputs/compare"))
 
-"Best" is the minimum for loss-like metric names and the maximum for quality-like names
-(see :func:`metric_direction`); ``maximize``/``minimize`` override the guess per metric.
+"Best" follows what each metric declares where it is defined (:func:`samft.metrics.direction`:
+mIoU higher, IoU calibration error lower, losses lower, ...), never a guess from its name;
+``maximize``/``minimize`` set it for metrics samft does not know.
 """
 
 from __future__ import annotations
@@ -16,24 +17,17 @@ import csv
 import dataclasses
 import difflib
 import math
-import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from samft.metrics import direction
 from samft.tracking import plots, store
 
 MISSING = "-"
-# Checked first: "loss/dice" is a loss even though "dice" alone is a quality score.
-_LOWER_IS_BETTER = {"loss", "error", "err", "mse", "mae", "rmse", "nll", "ce", "bce", "time",
-                    "seconds", "sec", "latency", "memory", "mem", "rss", "mb", "gb", "skipped",
-                    "nonfinite", "failures"}
-_HIGHER_IS_BETTER = {"iou", "miou", "biou", "acc", "accuracy", "dice", "f1", "precision", "recall",
-                     "ap", "map", "auc", "score", "stability", "psnr", "ssim", "throughput", "fps",
-                     "per"}
-# Settings and counts that are logged but have no better end: only their final value is shown.
-_NO_BEST = {"lr", "weight", "weights", "grad", "norm", "num", "count", "masks", "epoch", "step",
-            "scale", "temperature", "alpha"}
+# A weighted total is only comparable between runs that weigh the same terms the same way.
+TOTAL_LOSS = "loss/total"
+WEIGHTING_PARAMS = ("weighting.", "loss.")
 
 
 class CompareError(ValueError):
@@ -77,29 +71,40 @@ class Comparison:
     differing_params: list[str]
     metrics: list[str]
     directions: dict[str, str]
+    notes: list[str] = dataclasses.field(default_factory=list)  # caveats printed under the table
+    no_winner: set[str] = dataclasses.field(default_factory=set)  # metrics whose runs are not comparable
 
 
 def metric_direction(name: str, maximize: Iterable[str] = (), minimize: Iterable[str] = ()) -> str:
     """"min", "max" or "none": which extreme of ``name`` is best.
 
-    Explicit ``maximize``/``minimize`` lists win. Otherwise, by the words of the name, in
-    this order: loss-like words (loss, error, mse, time, memory, skipped, ...) mean "min";
-    settings and counts (lr, weight, grad norm, num, masks, ...) mean "none" (final value
-    only); quality words (iou, acc, dice, f1, score, ``*_per_s``, ...) mean "max"; anything
-    else is "min".
+    Explicit ``maximize``/``minimize`` lists win; otherwise the direction the metric declares
+    (:func:`samft.metrics.direction`). A metric that declares none (a setting, a count, or a
+    key samft does not know) is "none": only its final value is shown.
     """
     if name in set(maximize):
         return "max"
     if name in set(minimize):
         return "min"
-    tokens = set(re.split(r"[^a-z0-9]+", name.lower()))
-    if tokens & _LOWER_IS_BETTER:
-        return "min"
-    if tokens & _NO_BEST:
-        return "none"
-    if tokens & _HIGHER_IS_BETTER:
-        return "max"
-    return "min"
+    return {"higher": "max", "lower": "min"}.get(direction(name) or "", "none")
+
+
+def scale_notes(metrics: Sequence[str], differing: Sequence[str]) -> tuple[list[str], set[str]]:
+    """Caveats for metrics whose values are on different scales across the compared runs.
+
+    Returns:
+        (notes, metrics that get no best-run mark): ``loss/total`` when the runs' loss or
+        weighting params differ, since a total weighted 20:1:1 and one weighted by learned
+        uncertainties are different sums.
+    """
+    causes = [k for k in differing if k.startswith(WEIGHTING_PARAMS)]
+    if TOTAL_LOSS not in metrics or not causes:
+        return [], set()
+    shown = ", ".join(causes[:4]) + (f" and {len(causes) - 4} more" if len(causes) > 4 else "")
+    note = (f"{TOTAL_LOSS} is not comparable across these runs: their loss weighting differs ({shown}), "
+            f"so the totals are different weighted sums on different scales. No best run is marked; "
+            f"compare val/ metrics or the unweighted terms loss/<term> instead.")
+    return [note], {TOTAL_LOSS}
 
 
 def differing_params(param_sets: Sequence[dict[str, str]]) -> list[str]:
@@ -177,8 +182,9 @@ def compare_runs(
         {k for r in runs for k in r.data.metrics if not k.startswith("system/")})
     directions = {k: metric_direction(k, maximize, minimize) for k in keys}
     summaries = [_summarize_run(client, run, keys, directions) for run in runs]
-    return Comparison(experiment, filter_string, uri, summaries,
-                      differing_params([s.params for s in summaries]), keys, directions)
+    differing = differing_params([s.params for s in summaries])
+    notes, no_winner = scale_notes(keys, differing)
+    return Comparison(experiment, filter_string, uri, summaries, differing, keys, directions, notes, no_winner)
 
 
 def _summarize_run(client: Any, run: Any, keys: Sequence[str],
@@ -216,7 +222,7 @@ def table_rows(comparison: Comparison) -> tuple[list[str], list[list[str]]]:
         direction = comparison.directions[key]
         bests = [r.metrics[key].best for r in comparison.runs]
         finite = [b for b in bests if b is not None]
-        winner = (min if direction == "min" else max)(finite) if finite else None
+        winner = (min if direction == "min" else max)(finite) if finite and key not in comparison.no_winner else None
         rows.append([f"{key} final", *[_fmt(r.metrics[key].final) for r in comparison.runs]])
         if direction == "none":
             continue
@@ -235,6 +241,7 @@ def format_table(comparison: Comparison) -> str:
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip()
              for row in [header, *rows]]
     lines.insert(1, "  ".join("-" * w for w in widths))
+    lines += [f"note: {note}" for note in comparison.notes]
     return "\n".join(lines)
 
 
@@ -257,6 +264,8 @@ def to_markdown(comparison: Comparison, curve_files: dict[str, str] | None = Non
         line(["---"] * len(header)),
         *[line(r) for r in rows],
     ]
+    if comparison.notes:
+        parts += ["", *[f"> Note: {note}" for note in comparison.notes]]
     if curve_files:
         parts += ["", "## Curves", ""]
         parts += [f"![{key}]({name})" for key, name in curve_files.items()]

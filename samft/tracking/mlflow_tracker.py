@@ -57,7 +57,8 @@ class TrackingSettings:
         enabled: False gives a no-op tracker.
         uri: Tracking URI; None -> ``$MLFLOW_TRACKING_URI`` -> ``sqlite:///<root>/mlflow.db``.
         experiment: MLflow experiment name (created when missing).
-        run_name: Run name; None lets MLflow pick one.
+        run_name: MLflow run name; None: the name the caller passes to :meth:`Tracker.start`
+            (the trainer passes the run folder's name).
         log_every: Steps between metric logs (:meth:`Tracker.should_log`).
         log_checkpoint: Whether the engine uploads checkpoints as artifacts.
         system_metrics: CPU/GPU memory and utilisation metrics.
@@ -182,6 +183,7 @@ class Tracker:
         project_root: Path,
         resume_run_id: str | None = None,
         tags: Mapping[str, str] | None = None,
+        run_name: str | None = None,
     ) -> Tracker:
         """Check the store, then start (or continue) a run and log config, params and tags.
 
@@ -192,6 +194,9 @@ class Tracker:
                 is where the git commit is read.
             resume_run_id: Continue this MLflow run (same run id, metrics continue).
             tags: Extra run tags, e.g. ``{"samft.dataset_fingerprint": "..."}``.
+            run_name: Name of a new run when ``tracking.run_name`` is unset. Without any name
+                MLflow draws a random one from Python's ``random``, which training seeds: every
+                run of a seed got the same name.
 
         Returns:
             A running tracker, or a disabled one when ``tracking_cfg.enabled`` is false.
@@ -203,6 +208,8 @@ class Tracker:
         settings = TrackingSettings.from_cfg(tracking_cfg)
         if not settings.enabled:
             return cls.disabled(settings)
+        if settings.run_name is None and run_name:
+            settings = dataclasses.replace(settings, run_name=run_name)
         uri = store.resolve_tracking_uri(settings.uri, Path(project_root))
         store.check_reachable(uri, cls.connect_timeout_s)
         if urllib.parse.urlparse(uri).scheme in store.HTTP_SCHEMES:
@@ -220,7 +227,8 @@ class Tracker:
         tracker = cls(client, settings, run_id=run_id, experiment_id=experiment_id, uri=uri,
                       history=history, monitor=monitor)
         tracker._log_setup(run, config, Path(project_root), tags, resumed=bool(resume_run_id))
-        logger.info("Tracking to %s (run %s). %s", uri, run_id, tracker.ui_hint)
+        # No ui_hint here: the caller prints it once (the trainer at start).
+        logger.info("Tracking to %s (run %r, %s).", uri, run.info.run_name, run_id)
         return tracker
 
     def _log_setup(self, run: Any, config: Mapping[str, Any], project_root: Path,

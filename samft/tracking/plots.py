@@ -20,6 +20,11 @@ from samft.metrics import mask_iou  # one IoU definition (1.0 when both masks ar
 
 GT_COLOR = (0.1, 0.9, 0.2)
 PRED_COLOR = (1.0, 0.2, 0.8)
+# A single mask keeps its usual colour unless that is too close to the object it covers (magenta
+# vanished on pink demo shapes); then the farthest of these is used. RGB distance, max sqrt(3).
+CONTRAST_PALETTE = ((1.0, 0.2, 0.8), (0.1, 0.9, 0.2), (0.0, 0.9, 1.0), (1.0, 1.0, 0.0), (0.1, 0.1, 1.0),
+                    (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+MIN_CONTRAST = 0.6
 MASK_ALPHA = 0.45
 PANEL_INCHES = 3.0
 
@@ -99,21 +104,47 @@ def binary_masks(masks: Any, name: str, batch: int, size: tuple[int, int]) -> np
 
 
 
-def _mask_colors(count: int, single: tuple[float, float, float]) -> list[Any]:
+def visible_color(image: np.ndarray, mask: np.ndarray, preferred: tuple[float, float, float]) -> np.ndarray:
+    """``preferred`` unless it is within ``MIN_CONTRAST`` of the mean colour under ``mask``; then the
+    colour of ``CONTRAST_PALETTE`` farthest from it.
+
+    Args:
+        image: (H, W, 3) RGB in [0, 1].
+        mask: (H, W) bool.
+    """
+    colour = np.asarray(preferred, dtype=np.float32)
+    if not mask.any():
+        return colour
+    under = image[mask].mean(axis=0)
+    if np.linalg.norm(colour - under) >= MIN_CONTRAST:
+        return colour
+    return np.asarray(max(CONTRAST_PALETTE, key=lambda c: np.linalg.norm(np.asarray(c) - under)), dtype=np.float32)
+
+
+def _mask_colors(count: int, single: tuple[float, float, float], image: np.ndarray | None = None,
+                 masks: np.ndarray | None = None) -> list[Any]:
+    """One colour per mask: ``single`` (kept visible on its object) for one mask, else tab10 by index
+    (mask k has the same colour in every panel)."""
     if count == 1:
-        return [np.asarray(single, dtype=np.float32)]
+        if image is None or masks is None:
+            return [np.asarray(single, dtype=np.float32)]
+        return [visible_color(image, masks[0], single)]
     from matplotlib import colormaps
 
     palette = colormaps["tab10"]
     return [np.asarray(palette(i % 10)[:3], dtype=np.float32) for i in range(count)]
 
 
-def _blend(image: np.ndarray, masks: np.ndarray, colors: list[Any]) -> np.ndarray:
-    """Tint each of the K masks (K, H, W) of ``image`` (H, W, 3) with its color."""
-    out = image.copy()
-    for mask, color in zip(masks, colors):
-        out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * color
-    return out
+def tint(image: np.ndarray, masks: np.ndarray, colors: list[Any]) -> np.ndarray:
+    """``image`` (H, W, 3) in [0, 1] with each of the K masks (K, H, W) tinted in its colour,
+    drawn by torchvision's ``draw_segmentation_masks`` (alpha ``MASK_ALPHA``)."""
+    from torchvision.utils import draw_segmentation_masks
+
+    pixels = torch.from_numpy(np.round(image * 255).astype(np.uint8)).permute(2, 0, 1)
+    rgb = [tuple(int(round(255 * float(c))) for c in color[:3]) for color in colors]
+    drawn = draw_segmentation_masks(pixels, torch.from_numpy(np.ascontiguousarray(masks)), alpha=MASK_ALPHA,
+                                    colors=rgb)
+    return drawn.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
 
 
 def overlay_figure(
@@ -162,10 +193,12 @@ def overlay_figure(
     for r in range(rows):
         iou = float(mask_iou(torch.from_numpy(preds[r]).float(), torch.from_numpy(gts[r]).float()).mean())
         iou_text = f"IoU {iou:.3f}" if count == 1 else f"mIoU {iou:.3f}, {count} masks"
+        gt_colors = _mask_colors(count, GT_COLOR, imgs[r], gts[r])
+        pred_colors = _mask_colors(count, PRED_COLOR, imgs[r], preds[r])
         panels = [
             (imgs[r], "image"),
-            (_blend(imgs[r], gts[r], _mask_colors(count, GT_COLOR)), "ground truth"),
-            (_blend(imgs[r], preds[r], _mask_colors(count, PRED_COLOR)), f"prediction ({iou_text})"),
+            (tint(imgs[r], gts[r], gt_colors), "ground truth"),
+            (tint(imgs[r], preds[r], pred_colors), f"prediction ({iou_text})"),
             (imgs[r], "prompt"),
         ]
         for ax, (panel, label) in zip(axes[r], panels):
@@ -174,13 +207,14 @@ def overlay_figure(
             ax.set_axis_off()
         # Outlines keep small or low-contrast masks visible; the prompt panel shows the
         # ground truth's outline so that each prompt can be matched to its object.
-        _outline(axes[r][1], gts[r], _mask_colors(count, GT_COLOR))
-        _outline(axes[r][2], preds[r], _mask_colors(count, PRED_COLOR))
+        _outline(axes[r][1], gts[r], gt_colors)
+        _outline(axes[r][2], preds[r], pred_colors)
         _outline(axes[r][3], gts[r], ["white"] * count, style="--")
         _draw_prompt(axes[r][3], pts, lbls, bxs, r, count)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if rows == 1 else 0.94, wspace=0.05,
+                        hspace=0.15)  # fixed margins: tight_layout measured every panel's text (slow)
     return fig
 
 
@@ -259,7 +293,9 @@ def curves_figure(title: str, series: Series, ylabel: str = "") -> Figure:
     ax.grid(True, alpha=0.3)
     if len(series) > 1:
         ax.legend(fontsize=8)
-    fig.tight_layout()
+    # Fixed margins, not tight_layout: a run renders one figure per metric, and measuring the
+    # text of each took most of the time of the end of a short run.
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.12, top=0.9)
     return fig
 
 
@@ -277,7 +313,7 @@ def grid_figure(history: Mapping[str, tuple[Sequence[float], Sequence[float]]]) 
         ax.grid(True, alpha=0.3)
     for ax in axes[len(keys) :]:
         ax.set_axis_off()
-    fig.tight_layout()
+    fig.subplots_adjust(left=0.05, right=0.98, bottom=0.04, top=0.96, wspace=0.3, hspace=0.45)  # see curves_figure
     return fig
 
 

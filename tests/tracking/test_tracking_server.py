@@ -36,7 +36,7 @@ def _session(uri: str, experiment: str, config: dict, losses: list[float], root:
                              "overlays": 1}, config=config, project_root=root,
                             tags={"samft.dataset_fingerprint": "demo-fp"})
     for step, loss in enumerate(losses):
-        tracker.log_metrics({"loss/total": loss, "val/iou": 1.0 - loss}, step * 10)
+        tracker.log_metrics({"loss/total": loss, "val/miou_point": 1.0 - loss}, step * 10)
     gt = np.zeros((1, 16, 16), bool)
     gt[0, 4:12, 4:12] = True
     tracker.log_overlays(np.zeros((1, 16, 16, 3), np.uint8), gt, gt.astype(np.float32) - 0.5,
@@ -61,7 +61,7 @@ def test_session_lands_params_metrics_artifacts(mlflow_server, tmp_path: Path) -
     assert names == {"config.yaml", "curves", "overlays"}
     # Proxied artifacts end up in the server's --artifacts-destination.
     stored = {p.name for p in (mlflow_server.root / "artifacts").rglob("*.png")}
-    assert {"step_0000010.png", "loss__total.png", "val__iou.png", "all_metrics.png"} <= stored
+    assert {"step_0000010.png", "loss__total.png", "val__miou_point.png", "all_metrics.png"} <= stored
     downloaded = client.download_artifacts(tracker.run_id, "config.yaml", str(tmp_path))
     assert "lr: 0.0001" in Path(downloaded).read_text()
 
@@ -84,7 +84,7 @@ def test_compare_shows_exactly_the_differing_params(mlflow_server, tmp_path: Pat
     assert cmp.differing_params == ["loss.name", "optim.lr"]
     loss = {r.run_name: r.metrics["loss/total"] for r in cmp.runs}
     assert (loss["sam"].final, loss["sam"].best, loss["sam"].best_step) == (0.6, 0.5, 10)
-    iou = {r.run_name: r.metrics["val/iou"] for r in cmp.runs}
+    iou = {r.run_name: r.metrics["val/miou_point"] for r in cmp.runs}
     assert iou["focal"].best == pytest.approx(0.6) and iou["focal"].best_step == 20
     assert not any(k.startswith("system/") for k in cmp.metrics)
 
@@ -95,14 +95,19 @@ def test_compare_shows_exactly_the_differing_params(mlflow_server, tmp_path: Pat
 
     out = tmp_path / "report"
     code = compare_tool().main(["--experiment", "srv-cmp", "--tracking-uri", mlflow_server.uri,
-                                "--metrics", "loss/total,val/iou", "--out", str(out)])
+                                "--metrics", "loss/total,val/miou_point", "--out", str(out)])
     stdout = capsys.readouterr().out
     assert code == 0
     param_rows = [line.split()[0] for line in stdout.splitlines() if line.startswith("params.")]
     assert param_rows == ["params.loss.name", "params.optim.lr"]
     assert "sam (" in stdout and "focal (" in stdout
-    best_row = next(line for line in stdout.splitlines() if line.startswith("loss/total best (min)"))
-    assert best_row.count("*") == 1 and best_row.rstrip().endswith("0.4 @20 *")
+    best_row = next(line for line in stdout.splitlines() if line.startswith("val/miou_point best (max)"))
+    assert best_row.count("*") == 1 and best_row.rstrip().endswith("0.6 @20 *")
+    # loss.name differs: the totals are different sums, so no run is marked best and a note says why
+    loss_row = next(line for line in stdout.splitlines() if line.startswith("loss/total best (min)"))
+    assert "*" not in loss_row
+    assert "note: loss/total is not comparable across these runs: their loss weighting differs (loss.name)" \
+        in stdout
     assert (out / "curves" / "loss__total.png").read_bytes().startswith(b"\x89PNG")
     csv_text = (out / "runs.csv").read_text()
     assert csv_text.splitlines()[0].startswith("run_id,run_name,status,params.loss.name,params.optim.lr,")
@@ -212,18 +217,18 @@ def test_http_defaults_bound_a_dead_servers_cost(mlflow_server, tmp_path: Path,
 
 
 @pytest.mark.parametrize(("name", "direction"), [
-    ("loss/total", "min"), ("loss/dice", "min"), ("val/dice", "max"), ("val/iou", "max"),
-    ("val/boundary_iou", "max"), ("iou_loss", "min"), ("images_per_s", "max"),
-    ("system/process_rss_mb", "min"), ("val/stability", "max"), ("lr/encoder", "none"),
-    ("weight/dice", "none"), ("grad_norm", "none"), ("val/num_masks", "none"),
-    ("skipped_files", "min"), ("something_new", "min")])
-def test_metric_direction_by_name(name: str, direction: str) -> None:
+    ("loss/total", "min"), ("loss/dice", "min"), ("loss_round0/iou", "min"), ("val/miou_point", "max"),
+    ("val/miou_click5", "max"), ("val/boundary_iou_point", "max"), ("val/iou_calibration_point", "min"),
+    ("val/stability_point", "max"), ("val/stable_share_point", "max"), ("images_per_s", "max"),
+    ("lr/encoder", "none"), ("weight/dice", "none"), ("grad_norm", "none"), ("val/num_masks", "none"),
+    ("skipped_files", "min"), ("mask_iou", "max"), ("something_new", "none")])
+def test_metric_direction_is_the_declared_one(name: str, direction: str) -> None:
     assert metric_direction(name) == direction
 
 
 def test_metric_direction_override() -> None:
     assert metric_direction("something_new", maximize=["something_new"]) == "max"
-    assert metric_direction("val/iou", minimize=["val/iou"]) == "min"
+    assert metric_direction("val/miou_point", minimize=["val/miou_point"]) == "min"
     assert metric_direction("lr/encoder", minimize=["lr/encoder"]) == "min"
 
 
