@@ -90,7 +90,7 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
 def mean_over_ranks(values: dict[str, list[torch.Tensor]], device: torch.device) -> dict[str, float]:
     """Per-key means of per-mask values, over every rank's share when several ranks evaluate
     (one all-reduce of sums and counts; the same metrics on every rank), and ``num_masks``."""
-    keys = sorted({k for rank_keys in dist.all_gather(sorted(values)) for k in rank_keys})
+    keys = list(dict.fromkeys(k for rank_keys in dist.all_gather(list(values)) for k in rank_keys))
     parts = [torch.cat(values[k]) if values.get(k) else torch.zeros(0) for k in keys]
     sums = torch.tensor([[float(p.double().sum()), p.numel()] for p in parts], dtype=torch.float64,
                         device=device).reshape(-1, 2)
