@@ -77,3 +77,28 @@ def sa1b_folder(tmp_path):
         write_pair(root, stem, random_image(h, w, i), [annotation(100 * (i + 1) + k, m) for k, m in enumerate(ms)],
                    image_id=i + 1)
     return root, masks
+
+
+def coco_subset(instances: Path, out: Path, images: int) -> Path:
+    """A COCO instances json holding only the first ``images`` images (by id) and their annotations."""
+    coco = json.loads(instances.read_text())
+    keep = sorted(coco["images"], key=lambda im: im["id"])[:images]
+    ids = {im["id"] for im in keep}
+    coco["images"] = keep
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
+    out.write_text(json.dumps(coco))
+    return out
+
+
+@pytest.fixture(scope="session")
+def coco_train(shared_dir, tmp_path_factory) -> Path:
+    """Real COCO photos with their instance masks in SA-1B form: the first 6 images of coco_tiny's train split."""
+    from samft.data.coco import convert_coco
+
+    tiny = shared_dir / "data" / "coco_tiny"
+    if not tiny.is_dir():
+        pytest.skip(f"{tiny} is absent: real-COCO test skipped")
+    tmp = tmp_path_factory.mktemp("coco_train")
+    subset = coco_subset(tiny / "annotations" / "instances_train2017.json", tmp / "instances.json", 6)
+    convert_coco(subset, tiny / "train2017", tmp / "sa1b", link=True)
+    return tmp / "sa1b"
