@@ -75,7 +75,7 @@ def sa1b_annotation(ann: dict[str, Any], rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: str | Path, *,
-                 keep_crowd: bool = False, link: bool = False) -> Counter:
+                 keep_crowd: bool = False, link: bool = False, max_images: int | None = None) -> Counter:
     """Write an SA-1B folder from COCO instance annotations.
 
     Args:
@@ -85,6 +85,8 @@ def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: st
         keep_crowd: Also convert ``iscrowd`` regions (marked ``iscrowd: 1``; the reader drops
             them unless its ``keep_crowd`` is set).
         link: Hard-link images instead of copying them (falls back to copying).
+        max_images: Convert only the first this many images (by image id) that have annotations;
+            None converts all.
 
     Returns:
         Counts: ``images``, ``annotations`` written; ``crowd_skipped``, ``empty_skipped``
@@ -104,7 +106,9 @@ def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: st
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
-    for info in images:
+    for info in sorted(images, key=lambda im: im["id"]):
+        if max_images is not None and counts["images"] >= max_images:
+            break
         converted = _convert_image(info, by_image.get(info["id"], []), images_dir, keep_crowd, counts)
         if converted is not None:
             _write(info, converted, images_dir, out_dir, link)

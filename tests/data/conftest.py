@@ -79,17 +79,6 @@ def sa1b_folder(tmp_path):
     return root, masks
 
 
-def coco_subset(instances: Path, out: Path, images: int) -> Path:
-    """A COCO instances json holding only the first ``images`` images (by id) and their annotations."""
-    coco = json.loads(instances.read_text())
-    keep = sorted(coco["images"], key=lambda im: im["id"])[:images]
-    ids = {im["id"] for im in keep}
-    coco["images"] = keep
-    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] in ids]
-    out.write_text(json.dumps(coco))
-    return out
-
-
 @pytest.fixture(scope="session")
 def coco_train(shared_dir, tmp_path_factory) -> Path:
     """Real COCO photos with their instance masks in SA-1B form: the first 6 images of coco_tiny's train split."""
@@ -98,7 +87,6 @@ def coco_train(shared_dir, tmp_path_factory) -> Path:
     tiny = shared_dir / "data" / "coco_tiny"
     if not tiny.is_dir():
         pytest.skip(f"{tiny} is absent: real-COCO test skipped")
-    tmp = tmp_path_factory.mktemp("coco_train")
-    subset = coco_subset(tiny / "annotations" / "instances_train2017.json", tmp / "instances.json", 6)
-    convert_coco(subset, tiny / "train2017", tmp / "sa1b", link=True)
-    return tmp / "sa1b"
+    out = tmp_path_factory.mktemp("coco_train") / "sa1b"
+    convert_coco(tiny / "annotations" / "instances_train2017.json", tiny / "train2017", out, link=True, max_images=6)
+    return out
