@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 
 from samft.data.demo import inner_point
 from samft.data.errors import DataError
+from samft.data.images import upright_needed
 
 
 def coco_segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
@@ -124,7 +125,7 @@ def _convert_image(info, anns, images_dir: Path, keep_crowd: bool, counts: Count
         counts["missing_images"] += 1
         return None
     with Image.open(source) as im:
-        if im.size != (width, height):
+        if upright_needed(im, width, height) is None:  # the reader's rule (EXIF-turned photos fit)
             counts["size_mismatch"] += 1
             return None
     out = []

@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from samft.data.distance_maps import DistanceMapCache, default_cache_dir, fast_signed_distance_maps
 from samft.data.errors import BadFile, DataError, check_on_error
+from samft.data.images import read_image
 from samft.data.index import load_index, resolve_inside
 from samft.data.prompts import PROMPT_MODES, sample_prompts
 from samft.data.rle import checked_rle, decode_resized
@@ -38,29 +38,6 @@ from samft.data.transforms import (
 log = logging.getLogger("samft.data")
 
 SKIPPED = "skipped"  # key of the marker dict returned for a skipped item
-
-def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) -> np.ndarray:
-    """Decode an image, check its size and return it ``[h, w, 3]`` uint8, resized to ``target_hw``.
-
-    JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that is still at least the
-    target size, which makes large images cheaper to read.
-
-    Raises:
-        BadFile: missing, undecodable or truncated file, or a size that differs from the json's.
-    """
-    try:
-        with Image.open(path) as im:
-            if im.size != (width, height):
-                raise BadFile(path, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
-            im.draft("RGB", (target_hw[1], target_hw[0]))
-            im.load()
-            array = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except FileNotFoundError:
-        raise BadFile(path, "image file is missing") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadFile(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-    return resize_image(array, target_hw)
-
 
 class _Shared:
     """Counters shared by the dataset and its DataLoader workers (epoch, skipped files).
@@ -276,8 +253,11 @@ class SA1BDataset(Dataset):
             out = apply_augmentation(self.augmentation, int(rng.integers(2**31)), image, masks, valid, points, dist)
             image, masks, valid, points, dist = out["image"], out["masks"], out["valid"], out["keypoints"], out["dist_maps"]
             image, masks, valid, points, dist = self._fit(image, masks, valid, points, dist)
+        # masks smaller than a pixel of the input frame vanish when resized: nothing to segment there
         keep = masks.reshape(len(masks), -1).any(1)
         if not keep.any():
+            if self.augmentation is None:
+                raise BadFile(json_path, f"every sampled mask is smaller than one pixel at image_size {self.image_size}")
             exc = BadFile(json_path, "no mask left inside the image after augmentation")
             exc.always_skip = True  # a random augmentation, not a file problem
             raise exc
