@@ -142,7 +142,7 @@ def test_real_photos_and_masks_match_an_independent_resize(coco_train, image_siz
         hh, ww = item["meta"]["input_size"]
         record = json.loads((coco_train / ds.records[i]["json"]).read_text())
         H, W = record["image"]["height"], record["image"]["width"]
-        photo = np.asarray(Image.open(item["meta"]["file"]).convert("RGB"))
+        photo = np.array(Image.open(item["meta"]["file"]).convert("RGB"))
         ref = F.interpolate(torch.from_numpy(photo).permute(2, 0, 1)[None].float(), size=(hh, ww), mode="bilinear",
                             antialias=True, align_corners=False)[0]
         served = item["image"][:, :hh, :ww].float()
