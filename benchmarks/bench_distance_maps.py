@@ -128,7 +128,8 @@ def main(argv: list[str]) -> int:
     print(f"{source}: {count} masks, input size {args.image_size}, clip {args.clip} x side = "
           f"{args.clip * args.image_size:.0f} px; threads: 1 (OMP/MKL/OpenBLAS=1, cv2.setNumThreads(1))")
     print(f"{'method':<48}{'s':>8}{'masks/s':>10}{'vs baseline':>13}")
-    for name, seconds in (("full-frame scipy EDT per mask (baseline)", base_s), ("samft precompute, 1 process", ours_s)):
+    rows = (("full-frame scipy EDT per mask (baseline)", base_s), ("samft precompute, 1 process", ours_s))
+    for name, seconds in rows:
         print(f"{name:<48}{seconds:>8.2f}{count / seconds:>10.1f}{base_s / seconds:>12.1f}x")
     print(f"values: {compared} masks compared with min(full_frame, clip): max difference {worst:.4f} px "
           f"(float16 storage)")

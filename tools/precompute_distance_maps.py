@@ -34,7 +34,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clip", type=float, default=0.05,
                         help="clip outside distances at this share of the input side: the config's data.dist_clip "
                              "(default 0.05); 0 for exact, unclipped maps (slow: whole-image transforms)")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="worker processes (default: all cores)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="worker processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     from samft.data import DataError

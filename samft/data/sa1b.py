@@ -257,7 +257,8 @@ class SA1BDataset(Dataset):
         keep = masks.reshape(len(masks), -1).any(1)
         if not keep.any():
             if self.augmentation is None:
-                raise BadFile(json_path, f"every sampled mask is smaller than one pixel at image_size {self.image_size}")
+                raise BadFile(json_path, "every sampled mask is smaller than one pixel at image_size "
+                              f"{self.image_size}")
             exc = BadFile(json_path, "no mask left inside the image after augmentation")
             exc.always_skip = True  # a random augmentation, not a file problem
             raise exc
