@@ -44,6 +44,7 @@ def one_thread():
 def test_short_run_on_real_photos_beats_the_untrained_model(four_photos, tmp_path, one_thread):
     cfg = load(REPO / "configs" / "demo.yaml", [
         f"data.train={four_photos}", f"data.val={four_photos}", "train.steps=150", "train.val_every=150",
+        "schedule.after.milestones=[400,578]",  # the demo's 600-step schedule: no lr drop in these 150 steps
         "train.checkpoint_every=150", "train.progress=false", f"train.output_dir={tmp_path}",
         "tracking.enabled=false", "eval.max_images=4", "eval.max_masks=16", "eval.clicks=0",
     ])
