@@ -51,7 +51,7 @@ class DataConfig:
     on_error: str = "skip"  # skip | raise
     augment: list[Any] = field(default_factory=list)  # albumentations specs {name: ..., **kwargs}
     with_dist_maps: bool = False  # serve signed distance maps (boundary losses)
-    dist_map_cache: Optional[str] = None  # folder from tools/precompute_distance_maps.py; None = on the fly
+    dist_map_cache: Optional[str] = None  # precomputed maps; None: <data>/.samft_dist_maps if present, else on the fly
     dist_clip: Optional[float] = 0.05  # outside distances clipped at this share of the input side
 
 

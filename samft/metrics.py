@@ -142,6 +142,8 @@ VALIDATION_METRICS: dict[str, str | None] = {
     "iou_calibration_point": LOWER,  # mean |predicted - actual IoU|: an error
     "stability_point": HIGHER,  # mean stability_score of the chosen masks
     "stable_share_point": HIGHER,  # share of masks SAM's automatic generator would keep (>= 0.95)
+    "baseline_miou_*": HIGHER,  # model-free predictors on the same prompts (disk, filled box)
+    "baseline_point_radius": None,  # the disk's radius in pixels: a setting
     "num_masks": None,  # a count: no better end
 }
 

@@ -25,6 +25,7 @@ from pycocotools import mask as mask_utils
 
 from samft.data.demo import inner_point
 from samft.data.errors import DataError
+from samft.data.images import upright_needed
 
 
 def coco_segmentation_to_rle(segmentation: Any, height: int, width: int) -> dict[str, Any]:
@@ -75,7 +76,7 @@ def sa1b_annotation(ann: dict[str, Any], rle: dict[str, Any]) -> dict[str, Any]:
 
 
 def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: str | Path, *,
-                 keep_crowd: bool = False, link: bool = False) -> Counter:
+                 keep_crowd: bool = False, link: bool = False, max_images: int | None = None) -> Counter:
     """Write an SA-1B folder from COCO instance annotations.
 
     Args:
@@ -85,6 +86,8 @@ def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: st
         keep_crowd: Also convert ``iscrowd`` regions (marked ``iscrowd: 1``; the reader drops
             them unless its ``keep_crowd`` is set).
         link: Hard-link images instead of copying them (falls back to copying).
+        max_images: Convert only the first this many images (by image id) that have annotations;
+            None converts all.
 
     Returns:
         Counts: ``images``, ``annotations`` written; ``crowd_skipped``, ``empty_skipped``
@@ -104,7 +107,9 @@ def convert_coco(instances_json: str | Path, images_dir: str | Path, out_dir: st
         by_image.setdefault(ann["image_id"], []).append(ann)
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: Counter = Counter()
-    for info in images:
+    for info in sorted(images, key=lambda im: im["id"]):
+        if max_images is not None and counts["images"] >= max_images:
+            break
         converted = _convert_image(info, by_image.get(info["id"], []), images_dir, keep_crowd, counts)
         if converted is not None:
             _write(info, converted, images_dir, out_dir, link)
@@ -120,7 +125,7 @@ def _convert_image(info, anns, images_dir: Path, keep_crowd: bool, counts: Count
         counts["missing_images"] += 1
         return None
     with Image.open(source) as im:
-        if im.size != (width, height):
+        if upright_needed(im, width, height) is None:  # the reader's rule (EXIF-turned photos fit)
             counts["size_mismatch"] += 1
             return None
     out = []

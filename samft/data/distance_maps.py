@@ -1,4 +1,4 @@
-"""Signed distance maps for boundary losses: fast per-mask computation.
+"""Signed distance maps for boundary losses: fast per-mask computation and an exact cache.
 
 The formula is Kervadec's, implemented once in :func:`samft.losses.boundary.signed_distance_map`:
 ``edt(~m) * ~m - (edt(m) - 1) * m`` (positive outside, <= 0 inside, 0 on the inner boundary; an
@@ -13,7 +13,14 @@ Bounding-box computation: the map is computed on the mask's bounding box grown b
   a margin of ``ceil(max_dist) + 1`` is more than ``max_dist`` away, so the filled value equals the
   clipped exact one. With ``max_dist=None`` the crop is the whole image (exact, no clipping).
 
-So ``fast == min(full_frame, max_dist)`` everywhere, to the last bit.
+The transforms on the crop are OpenCV's exact Euclidean ones (``DIST_MASK_PRECISE``, Felzenszwalb's
+algorithm, ~4x faster than scipy's on real masks); their float32 distances are squared back to the
+integer squared distances they stand for and re-rooted in float64, as scipy does, so
+``fast == min(full_frame, max_dist)`` everywhere, to the last bit.
+
+Distances do not survive resizing (a thin gap can close, a 1-px sliver vanish), so maps are only
+ever computed on the mask exactly as it is served: the cache stores them per input size, on the
+masks resized the way the dataset resizes them.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import math
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from samft.losses.boundary import signed_distance_map
@@ -35,23 +43,59 @@ log = logging.getLogger("samft.data")
 def crop_box(mask: np.ndarray, margin: int | None) -> tuple[int, int, int, int] | None:
     """``(y0, y1, x0, x1)`` (exclusive ends) of the mask's bounding box grown by ``margin`` and
     clipped to the image; the whole image when ``margin`` is None; None for an empty mask."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    if rows.size == 0:
+    # OpenCV's bounding box of the non-zero pixels: one vectorised pass instead of two numpy reductions
+    x, y, bw, bh = cv2.boundingRect(np.ascontiguousarray(mask).view(np.uint8))
+    if bw == 0:
         return None
     h, w = mask.shape
     if margin is None:
         return 0, h, 0, w
-    return (max(rows[0] - margin, 0), min(rows[-1] + 1 + margin, h),
-            max(cols[0] - margin, 0), min(cols[-1] + 1 + margin, w))
+    return max(y - margin, 0), min(y + bh + margin, h), max(x - margin, 0), min(x + bw + margin, w)
 
 
-def signed_distance_crop(mask: np.ndarray, max_dist: float | None = None
+# OpenCV's float32 distances square back to the exact integer below this side (2 d dd < 0.5)
+_OPENCV_MAX_SIDE = 2048
+
+
+def _edt(binary: np.ndarray, exact: bool) -> np.ndarray:
+    """Euclidean distance of each non-zero pixel to the nearest zero pixel.
+
+    ``exact``: float64 equal to scipy's (OpenCV's float32 distances squared back to the integers
+    they stand for and re-rooted); else OpenCV's float32 values (within 2e-5 px of them).
+    """
+    d = cv2.distanceTransform(binary.view(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    if not exact:
+        return d
+    d = d.astype(np.float64)
+    return np.sqrt(np.rint(d * d, out=d), out=d)
+
+
+def _signed_distance(m: np.ndarray, exact: bool = True) -> np.ndarray:
+    """:func:`signed_distance_map` of a bool mask, via OpenCV when the values stay exact.
+
+    The inside transform runs on the mask's bounding box grown by 1 px only (enough: see the module
+    docstring), which for the small masks of real photos is a fraction of the clipped crop.
+    ``exact=False`` skips the float64 re-rooting (float32 distances, within 2e-5 px).
+    """
+    if max(m.shape) > _OPENCV_MAX_SIDE or not m.any() or m.all():
+        return signed_distance_map(m)
+    out = _edt(np.ascontiguousarray(~m), exact)  # distance of background pixels to the mask, 0 on the mask
+    y0, y1, x0, x1 = crop_box(m, 1)
+    inner = np.ascontiguousarray(m[y0:y1, x0:x1])
+    # 0.0 - (edt - 1), not 1 - edt: the inner boundary reads 0, not -0 (as signed_distance_map)
+    out[y0:y1, x0:x1][inner] = 0.0 - (_edt(inner, exact)[inner] - 1.0)
+    return out.astype(np.float32, copy=False)
+
+
+def signed_distance_crop(mask: np.ndarray, max_dist: float | None = None, *, exact: bool = True
                          ) -> tuple[np.ndarray, tuple[int, int]] | None:
     """The part of a mask's clipped signed distance map that differs from ``max_dist``.
 
     Args:
         mask: ``[H, W]`` bool (or 0/1) mask.
         max_dist: Clip for outside distances, in pixels (None: no clip, the crop is the whole image).
+        exact: Values equal to :func:`signed_distance_map`'s to the last bit; False allows float32
+            rounding (2e-5 px), for maps stored as float16 anyway.
 
     Returns:
         ``(crop, (y0, x0))`` with ``crop`` float32: the map on rows ``y0:y0 + crop.shape[0]`` and
@@ -67,7 +111,7 @@ def signed_distance_crop(mask: np.ndarray, max_dist: float | None = None
     if box is None:
         return None
     y0, y1, x0, x1 = box
-    crop = signed_distance_map(m[y0:y1, x0:x1])
+    crop = _signed_distance(m[y0:y1, x0:x1], exact)
     if max_dist is not None:
         np.minimum(crop, np.float32(max_dist), out=crop)
     return crop, (y0, x0)
@@ -109,89 +153,51 @@ def fast_signed_distance_maps(masks: np.ndarray, max_dist: float | None = None) 
     return out
 
 
-# -- maps that follow the resize -------------------------------------------------------------------
-def rescale_values(values: np.ndarray, scale: float) -> np.ndarray:
-    """Distance values of a map resampled by ``scale``, in the new frame's pixels.
-
-    Pixel-centre distances sit half a pixel off the continuous boundary on each side
-    (``edt = d + 0.5`` outside, ``edt(m) - 1 = d - 0.5`` inside, ``d`` the distance to the
-    boundary), and ``d`` scales exactly: both sides give ``scale * (v - 0.5) + 0.5``.
-    """
-    return np.float32(scale) * (values - np.float32(0.5)) + np.float32(0.5)
-
-
-def resample_crop(crop: np.ndarray, origin: tuple[int, int], clip_px: float, scale: float,
-                  out_hw: tuple[int, int]) -> np.ndarray:
-    """Resize a map stored as a crop (original pixels, ``clip_px`` outside it) to the resized frame.
-
-    Only the output window covering the crop is interpolated (bilinear, pixel centres aligned as
-    in ``cv2.resize``); the rest is the clip value.
-
-    Returns:
-        float32 ``[h, w]`` map in original-pixel units (apply :func:`rescale_values` after).
-    """
-    import cv2
-
-    h, w = out_hw
-    y0, x0 = origin
-    ch, cw = crop.shape
-    out = np.full(out_hw, np.float32(clip_px), np.float32)
-    oy0 = max(int(np.floor((y0 - 0.5) * scale)), 0)
-    ox0 = max(int(np.floor((x0 - 0.5) * scale)), 0)
-    oy1 = min(int(np.ceil((y0 + ch + 0.5) * scale)) + 1, h)
-    ox1 = min(int(np.ceil((x0 + cw + 0.5) * scale)) + 1, w)
-    if oy1 <= oy0 or ox1 <= ox0:
-        return out
-    inv = 1.0 / scale
-    # output pixel (u, v) of the window samples crop position ((ox0 + u + 0.5) / scale - 0.5 - x0, ...)
-    matrix = np.array([[inv, 0.0, (ox0 + 0.5) * inv - 0.5 - x0], [0.0, inv, (oy0 + 0.5) * inv - 0.5 - y0]])
-    out[oy0:oy1, ox0:ox1] = cv2.warpAffine(crop.astype(np.float32, copy=False), matrix, (ox1 - ox0, oy1 - oy0),
-                                           flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                           borderMode=cv2.BORDER_REPLICATE)
-    return out
-
-
-def finish_map(values: np.ndarray, mask: np.ndarray, clip: float | None) -> np.ndarray:
-    """Make a resampled map consistent with the resampled mask, then clip it.
-
-    Inside pixels are made <= 0 and outside pixels >= 1 (what the formula gives on that mask), a
-    mask that became empty or full gets the zero map, and outside values are clipped at ``clip``.
-    """
-    m = mask.astype(bool, copy=False)
-    if not m.any() or m.all():
-        return np.zeros(m.shape, np.float32)
-    out = np.where(m, np.minimum(values, 0.0), np.maximum(values, 1.0)).astype(np.float32)
-    if clip is not None:
-        np.minimum(out, np.float32(clip), out=out)
-    return out
-
-
 # -- the cache -------------------------------------------------------------------------------------
-CACHE_VERSION = 1
-CLIP_SLACK = 2.0  # stored clip = clip * long side + 2 px, so rescaled maps are exact up to the output clip
+CACHE_VERSION = 2
+CACHE_NAME = ".samft_dist_maps"
+
+
+def default_cache_dir(root: str | Path) -> Path:
+    """Where maps of dataset ``root`` go unless ``data.dist_map_cache`` says otherwise:
+    ``<root>/.samft_dist_maps`` when the folder is writable, else a per-folder cache in the user cache."""
+    root = Path(root)
+    if os.access(root, os.W_OK):
+        return root / CACHE_NAME
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samft" / "dist_maps"
+    return cache / hashlib.sha1(str(root.resolve()).encode()).hexdigest()
 
 
 class DistanceMapCache:
-    """Precomputed maps, one ``.npz`` per annotation json, keyed by content hash and settings.
+    """Precomputed maps of the masks as the dataset serves them, one ``.npz`` per annotation json.
 
-    A file is ``<folder>/<h[:2]>/<h>-<settings>.npz`` with ``h`` the SHA-1 of the json's bytes and
-    ``settings`` a hash of (format version, ``clip``, storage dtype): an edited json or another
-    setting maps to another file, so stale maps are never read. Per annotation position ``k`` it
-    holds ``m<k>`` (the float16 crop from :func:`signed_distance_crop`, original-image pixels) and
-    ``boxes[k] = (y0, x0, kind)`` with kind 0 = crop, 1 = zero map (empty or full mask), 2 = not
-    stored (bad RLE). ``clip_px`` is the clip used: ``clip * max(H, W) + 2`` pixels.
+    Maps are computed on each mask decoded and resized to the input frame exactly as
+    :class:`samft.data.SA1BDataset` does it (longest side ``image_size``), with outside distances
+    clipped at ``clip * image_size`` pixels, so a cached map equals the map of the served mask.
+    Maps of another input size or clip are other files: a file is
+    ``<folder>/<h[:2]>/<h>-<settings>.npz`` with ``h`` the SHA-1 of the json's bytes and
+    ``settings`` a hash of (format version, ``image_size``, ``clip``, storage dtype), so stale maps
+    are never read. Per annotation position ``k`` it holds ``m<k>`` (the float16 crop from
+    :func:`signed_distance_crop`) and ``boxes[k] = (y0, x0, kind)`` with kind 0 = crop, 1 = zero
+    map (empty or full mask), 2 = not stored (bad RLE); ``shape`` is the resized ``(h, w)``.
 
     Args:
         folder: Cache folder (created on first write).
-        clip: Clip as a share of the longest image side (None: exact, unclipped, whole-image maps).
+        image_size: Input side S the maps are for (``model.image_size``).
+        clip: Clip as a share of S (``data.dist_clip``; None: exact, unclipped, whole-image maps).
     """
 
-    def __init__(self, folder: str | Path, clip: float | None = 0.05) -> None:
+    def __init__(self, folder: str | Path, image_size: int, clip: float | None = 0.05) -> None:
         self.folder = Path(folder)
-        self.clip = clip
-        settings = json.dumps({"version": CACHE_VERSION, "clip": clip, "dtype": "float16"}, sort_keys=True)
+        self.image_size, self.clip = int(image_size), clip
+        settings = json.dumps({"version": CACHE_VERSION, "image_size": self.image_size, "clip": clip,
+                               "dtype": "float16"}, sort_keys=True)
         self.tag = hashlib.sha1(settings.encode()).hexdigest()[:12]
         self._warned = False
+
+    @property
+    def clip_px(self) -> float | None:
+        return None if self.clip is None else self.clip * self.image_size
 
     def path(self, json_bytes: bytes) -> Path:
         digest = hashlib.sha1(json_bytes).hexdigest()
@@ -199,11 +205,12 @@ class DistanceMapCache:
 
     def compute(self, json_bytes: bytes) -> dict[str, np.ndarray]:
         """The arrays stored for one annotation json (every annotation, whatever the filters)."""
-        from samft.data.rle import checked_rle, decode_rle
+        from samft.data.rle import checked_rle, decode_resized
+        from samft.data.transforms import resized_shape
 
         data = json.loads(json_bytes)
         height, width = int(data["image"]["height"]), int(data["image"]["width"])
-        clip_px = None if self.clip is None else self.clip * max(height, width) + CLIP_SLACK
+        hw = resized_shape(height, width, self.image_size)
         anns = data["annotations"]
         boxes = np.zeros((len(anns), 3), np.int32)
         arrays: dict[str, np.ndarray] = {}
@@ -213,18 +220,15 @@ class DistanceMapCache:
             except (ValueError, TypeError, AttributeError):
                 boxes[k, 2] = 2
                 continue
-            # pycocotools decodes in Fortran order: work on the C-contiguous transpose (the map of
-            # a transposed mask is the transposed map) and transpose the small crop back
-            mask_t = decode_rle(rle).T
-            crop = signed_distance_crop(mask_t, clip_px)
-            if crop is None or mask_t.all():
+            mask = decode_resized([rle], hw)[0].view(np.bool_)  # the dataset's own decode + resize
+            crop = signed_distance_crop(mask, self.clip_px, exact=False)  # stored as float16
+            if crop is None or mask.all():
                 boxes[k, 2] = 1
                 continue
-            arrays[f"m{k}"] = np.ascontiguousarray(crop[0].T, dtype=np.float16)
-            boxes[k, :2] = crop[1][::-1]
+            arrays[f"m{k}"] = crop[0].astype(np.float16)
+            boxes[k, :2] = crop[1]
         arrays["boxes"] = boxes
-        arrays["clip_px"] = np.float64(np.inf if clip_px is None else clip_px)
-        arrays["shape"] = np.array([height, width], np.int64)
+        arrays["shape"] = np.array(hw, np.int64)
         return arrays
 
     def ensure(self, json_bytes: bytes) -> bool:
@@ -239,49 +243,52 @@ class DistanceMapCache:
         os.replace(tmp, path)
         return True
 
-    def lookup(self, json_bytes: bytes, positions: np.ndarray, masks: np.ndarray, scale: float,
-               out_clip: float | None) -> np.ndarray | None:
+    def lookup(self, json_bytes: bytes, positions: np.ndarray, hw: tuple[int, int]) -> np.ndarray | None:
         """Maps of the chosen annotations in the resized frame, or None when not cached.
 
         Args:
             json_bytes: The annotation json's content (its hash finds the file).
             positions: ``[K]`` annotation positions in the json.
-            masks: ``[K, h, w]`` the same masks after resizing (the maps are made consistent with them).
-            scale: Resize factor from the original image to ``h, w``.
-            out_clip: Clip in output pixels (``clip * S``), or None.
+            hw: The served (resized, unpadded) frame; a file for another frame is not used.
 
         Returns:
-            float32 ``[K, h, w]`` in output pixels, or None.
+            float32 ``[K, h, w]`` in input-frame pixels, or None.
         """
         path = self.path(json_bytes)
         if not path.is_file():
-            if not self._warned:
-                log.warning("distance map cache %s has no maps for some images (first: %s); computing them on the "
-                            "fly. Run `python tools/precompute_distance_maps.py DATASET --cache %s`.",
-                            self.folder, path.name, self.folder)
-                self._warned = True
+            self._warn_missing(path)
             return None
-        out = np.empty(masks.shape, np.float32)
+        out = np.empty((len(positions),) + tuple(hw), np.float32)
         with np.load(path) as stored:
-            boxes, clip_px = stored["boxes"], float(stored["clip_px"])
+            if tuple(stored["shape"]) != tuple(hw):
+                return None
+            boxes = stored["boxes"]
             for i, k in enumerate(positions):
                 y0, x0, kind = (int(v) for v in boxes[int(k)])
                 if kind != 0:
                     out[i] = 0.0
                     continue
-                values = resample_crop(stored[f"m{int(k)}"], (y0, x0), clip_px, scale, masks.shape[1:])
-                out[i] = finish_map(rescale_values(values, scale), masks[i], out_clip)
+                out[i] = paste_crop(tuple(hw), (stored[f"m{int(k)}"].astype(np.float32), (y0, x0)), self.clip_px)
         return out
 
+    def _warn_missing(self, path: Path) -> None:
+        if not self._warned:
+            clip = 0 if self.clip is None else self.clip
+            log.warning("distance map cache %s has no maps for some images (first: %s); computing them on the "
+                        "fly. Run `python tools/precompute_distance_maps.py DATASET --cache %s --image-size %d "
+                        "--clip %s`.", self.folder, path.name, self.folder, self.image_size, clip)
+            self._warned = True
 
-def precompute_distance_maps(root: str | Path, cache: str | Path, *, clip: float | None = 0.05, workers: int = 0,
-                             progress: bool = True) -> dict[str, int]:
+
+def precompute_distance_maps(root: str | Path, cache: str | Path | None = None, *, image_size: int = 1024,
+                             clip: float | None = 0.05, workers: int = 0, progress: bool = True) -> dict[str, int]:
     """Fill the cache with the maps of every annotation json in ``root``.
 
     Args:
         root: SA-1B folder.
-        cache: Cache folder.
-        clip: As in :class:`DistanceMapCache`.
+        cache: Cache folder (None: :func:`default_cache_dir`, where training looks when
+            ``data.dist_map_cache`` is not set).
+        image_size, clip: As in :class:`DistanceMapCache` (``model.image_size``, ``data.dist_clip``).
         workers: Worker processes (0 or 1: this process).
         progress: Show a tqdm progress bar.
 
@@ -296,7 +303,8 @@ def precompute_distance_maps(root: str | Path, cache: str | Path, *, clip: float
 
     root = Path(root)
     listing = list_folder(root)
-    jobs = [(str(root / name), str(cache), clip) for name in listing.names]
+    cache = default_cache_dir(root) if cache is None else cache
+    jobs = [(str(root / name), str(cache), int(image_size), clip) for name in listing.names]
     counts = {"computed": 0, "reused": 0, "failed": 0}
     bar = tqdm(total=len(jobs), desc="distance maps", unit="image", disable=not progress)
     if workers > 1:
@@ -312,11 +320,11 @@ def precompute_distance_maps(root: str | Path, cache: str | Path, *, clip: float
     return counts
 
 
-def _precompute_one(job: tuple[str, str, float | None]) -> str:
-    json_path, folder, clip = job
+def _precompute_one(job: tuple[str, str, int, float | None]) -> str:
+    json_path, folder, image_size, clip = job
     try:
         data = Path(json_path).read_bytes()
-        return "computed" if DistanceMapCache(folder, clip).ensure(data) else "reused"
+        return "computed" if DistanceMapCache(folder, image_size, clip).ensure(data) else "reused"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("distance maps: skipping %s (%s: %s)", json_path, type(exc).__name__, exc)
         return "failed"

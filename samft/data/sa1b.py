@@ -23,11 +23,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
-from samft.data.distance_maps import DistanceMapCache, fast_signed_distance_maps
+from samft.data.distance_maps import DistanceMapCache, default_cache_dir, fast_signed_distance_maps
 from samft.data.errors import BadFile, DataError, check_on_error
+from samft.data.images import read_image
 from samft.data.index import load_index, resolve_inside
 from samft.data.prompts import PROMPT_MODES, sample_prompts
 from samft.data.rle import checked_rle, decode_resized
@@ -38,29 +38,6 @@ from samft.data.transforms import (
 log = logging.getLogger("samft.data")
 
 SKIPPED = "skipped"  # key of the marker dict returned for a skipped item
-
-def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) -> np.ndarray:
-    """Decode an image, check its size and return it ``[h, w, 3]`` uint8, resized to ``target_hw``.
-
-    JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that is still at least the
-    target size, which makes large images cheaper to read.
-
-    Raises:
-        BadFile: missing, undecodable or truncated file, or a size that differs from the json's.
-    """
-    try:
-        with Image.open(path) as im:
-            if im.size != (width, height):
-                raise BadFile(path, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
-            im.draft("RGB", (target_hw[1], target_hw[0]))
-            im.load()
-            array = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-    except FileNotFoundError:
-        raise BadFile(path, "image file is missing") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadFile(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
-    return resize_image(array, target_hw)
-
 
 class _Shared:
     """Counters shared by the dataset and its DataLoader workers (epoch, skipped files).
@@ -103,8 +80,9 @@ class SA1BDataset(Dataset):
         keep_crowd: Keep COCO ``iscrowd`` annotations (dropped by default).
         on_error: ``skip`` (log, count, leave out) or ``raise`` (:class:`DataError`).
         with_dist_maps: Serve signed distance maps ``dist_maps [K, S, S]`` (input-frame pixels).
-        dist_map_cache: Folder written by ``tools/precompute_distance_maps.py``; None computes the
-            maps for each item on the fly.
+        dist_map_cache: Folder written by ``tools/precompute_distance_maps.py``; None looks in the
+            tool's default folder (:func:`samft.data.distance_maps.default_cache_dir`) and computes
+            the maps for each item on the fly when it does not exist.
         dist_clip: Outside distances are clipped at ``dist_clip * S`` pixels (None: no clip).
         seed: Sampling seed.
         index_path: Where the dataset index lives (default: see :mod:`samft.data.index`).
@@ -132,8 +110,16 @@ class SA1BDataset(Dataset):
                         "min_stability": min_stability, "keep_crowd": keep_crowd}
         self.records, self.index_reused = load_index(self.root, index_path=index_path)
         self.eligible = [self._eligible(r) for r in self.records]
-        self.dist_cache = DistanceMapCache(dist_map_cache, dist_clip) if dist_map_cache and with_dist_maps else None
+        self.dist_cache = self._dist_cache(dist_map_cache) if with_dist_maps else None
         self._shared = _Shared()
+
+    def _dist_cache(self, folder: str | Path | None) -> DistanceMapCache | None:
+        """The precomputed maps for this input size and clip: ``folder``, else the default one if it exists."""
+        if folder is None:
+            folder = default_cache_dir(self.root)
+            if not folder.is_dir():
+                return None
+        return DistanceMapCache(folder, self.image_size, self.dist_clip)
 
     @staticmethod
     def _check_settings(image_size, max_masks, prompt, box_prob, max_area_frac, dist_clip) -> None:
@@ -261,14 +247,18 @@ class SA1BDataset(Dataset):
         points = (points + 0.5) * scale - 0.5  # pixel indices: centres scale about the pixel-grid origin
         no_point = np.isnan(points).any(1)
         points[no_point] = 0.0  # albumentations rejects NaN; restored below
-        dist = self.dist_cache.lookup(raw, chosen, masks, scale, self._out_clip()) if self._use_cache() else None
+        dist = self.dist_cache.lookup(raw, chosen, hw) if self._use_cache() else None
         valid = np.ones(hw, np.uint8)
         if self.augmentation is not None:
             out = apply_augmentation(self.augmentation, int(rng.integers(2**31)), image, masks, valid, points, dist)
             image, masks, valid, points, dist = out["image"], out["masks"], out["valid"], out["keypoints"], out["dist_maps"]
             image, masks, valid, points, dist = self._fit(image, masks, valid, points, dist)
+        # masks smaller than a pixel of the input frame vanish when resized: nothing to segment there
         keep = masks.reshape(len(masks), -1).any(1)
         if not keep.any():
+            if self.augmentation is None:
+                raise BadFile(json_path, "every sampled mask is smaller than one pixel at image_size "
+                              f"{self.image_size}")
             exc = BadFile(json_path, "no mask left inside the image after augmentation")
             exc.always_skip = True  # a random augmentation, not a file problem
             raise exc

@@ -4,6 +4,12 @@ Evaluation prompts are deterministic, as in the SAM paper's single-prompt evalua
 the mask pixel farthest from the mask boundary (the maximum of its distance transform), the box the
 mask's tight bounding box. The prediction is the candidate output with the highest predicted IoU
 (SAM's own inference choice), upsampled to the input frame and thresholded at 0.
+
+Every evaluation also scores two model-free predictors on the same prompts, so a report shows at
+once whether the model beats them: the filled prompt box (``baseline_miou_box``) and a disk
+around the centre point (``baseline_miou_point``) whose radius comes from the evaluated masks'
+median area, ``round(sqrt(median / pi))`` pixels (``baseline_point_radius``). The disk needs the
+median of all masks, known only at the end, so each mask keeps its overlap with every radius.
 """
 
 from __future__ import annotations
@@ -11,6 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+import math
 
 import numpy as np
 import torch
@@ -41,6 +49,57 @@ def center_points(masks: torch.Tensor) -> torch.Tensor:
     return torch.tensor(points, dtype=torch.float32, device=masks.device).view(-1, 1, 2)
 
 
+def filled_boxes(boxes: torch.Tensor, size: int) -> torch.Tensor:
+    """``[N, size, size]`` bool: each box ``(x0, y0, x1, y1)`` (inclusive pixel indices) filled."""
+    grid = torch.arange(size, device=boxes.device, dtype=boxes.dtype)
+    cols = (grid >= boxes[:, 0:1]) & (grid <= boxes[:, 2:3])
+    rows = (grid >= boxes[:, 1:2]) & (grid <= boxes[:, 3:4])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+class DiskBaseline:
+    """IoU of a disk around each mask's click, with one radius for all masks chosen at the end.
+
+    For every mask it keeps, per whole-pixel radius r, how many mask pixels and how many valid
+    pixels lie within distance r of the click (a pixel is in the disk of radius r when its
+    centre's distance d to the click's pixel centre is <= r, i.e. ``ceil(d) <= r``), so the IoU
+    at the radius of the median area is exact whatever order the batches come in.
+    """
+
+    def __init__(self) -> None:
+        self.inside: list[torch.Tensor] = []  # [N, R] cumulative mask pixels within radius r
+        self.disk: list[torch.Tensor] = []  # [N, R] cumulative valid pixels within radius r
+        self.area: list[torch.Tensor] = []  # [N] mask pixels
+
+    def add(self, masks: torch.Tensor, points: torch.Tensor, valid: torch.Tensor) -> None:
+        """Record ``masks [N, S, S]`` bool with their clicks ``points [N, 1, 2]`` (x, y) and ``valid [N, S, S]``."""
+        n, h, w = masks.shape
+        bins = math.ceil(math.hypot(h, w)) + 1
+        ys = torch.arange(h, device=masks.device, dtype=torch.float32).view(1, h, 1)
+        xs = torch.arange(w, device=masks.device, dtype=torch.float32).view(1, 1, w)
+        dist2 = (xs - points[:, :, 0, None]) ** 2 + (ys - points[:, :, 1, None]) ** 2
+        ring = torch.sqrt(dist2).ceil().long().clamp(max=bins - 1)  # [N, S, S] smallest r whose disk holds the pixel
+        ring += torch.arange(n, device=masks.device).view(n, 1, 1) * bins
+        for store, pixels in ((self.inside, masks & valid), (self.disk, valid)):
+            counts = torch.bincount(ring[pixels], minlength=n * bins).view(n, bins)
+            store.append(counts.cumsum(1).cpu())
+        self.area.append((masks & valid).flatten(1).sum(1).cpu())
+
+    def result(self) -> dict[str, float]:
+        """``baseline_miou_point`` and ``baseline_point_radius`` over every rank's masks (the same on
+        every rank when several evaluate; empty when nothing was added)."""
+        ranks = dist.all_gather((self.inside, self.disk, self.area))
+        inside_all, disk_all, areas = ([c for part in ranks for c in part[i]] for i in range(3))
+        if not areas:
+            return {}
+        area = torch.cat(areas).double()
+        radius = max(1, round(math.sqrt(float(np.median(area.numpy())) / math.pi)))
+        inside = torch.cat([c[:, min(radius, c.shape[1] - 1)] for c in inside_all]).double()
+        disk = torch.cat([c[:, min(radius, c.shape[1] - 1)] for c in disk_all]).double()
+        iou = inside / (disk + area - inside).clamp(min=1)
+        return {"baseline_miou_point": float(iou.mean()), "baseline_point_radius": float(radius)}
+
+
 @dataclass
 class EvalResult:
     metrics: dict[str, float]
@@ -60,6 +119,8 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
 
     Returns:
         metrics: ``miou_point``, ``miou_box``, ``miou_click<k>`` (when ``clicks``),
+        ``baseline_miou_point``, ``baseline_miou_box`` and ``baseline_point_radius`` (the
+        model-free predictors of the module docstring),
         ``boundary_iou_point``, ``iou_calibration_point`` (mean |predicted - actual IoU|),
         ``stability_point`` (mean stability score of the chosen masks) and
         ``stable_share_point`` (share >= 0.95, SAM's automatic-mask filter), ``num_masks``;
@@ -69,6 +130,7 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
     model.eval()
     generator = torch.Generator(runtime.device).manual_seed(seed)
     values: dict[str, list[torch.Tensor]] = {}
+    disk = DiskBaseline()
     examples: list[dict[str, Any]] = []
     seen = 0
     for batch in batches:
@@ -79,12 +141,15 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
             embeddings = encode_images(model, batch)
         scores = _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator)
         binary = scores.pop("_binary")
+        disk.add(batch["masks"].bool(), scores.pop("_points"), batch["valid"][batch["image_index"]])
         for key, value in scores.items():
             values.setdefault(key, []).append(value.float().cpu())
         examples += _examples(batch, binary, keep_examples - len(examples))
         seen += batch["images"].shape[0]
     model.train(was_training)
-    return EvalResult(mean_over_ranks(values, runtime.device), examples)
+    metrics = mean_over_ranks(values, runtime.device)
+    metrics.update(disk.result())
+    return EvalResult(metrics, examples)
 
 
 def mean_over_ranks(values: dict[str, list[torch.Tensor]], device: torch.device) -> dict[str, float]:
@@ -123,11 +188,13 @@ def _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator
     out = {
         "miou_point": iou,
         "miou_box": mask_iou(box_binary.float(), masks.float()),
+        "baseline_miou_box": mask_iou((filled_boxes(boxes, masks.shape[-1]) & valid).float(), masks.float()),
         "boundary_iou_point": METRICS.get("boundary_iou")(binary.float(), masks.float()),
         "iou_calibration_point": (iou_pred - iou).abs(),
         "stability_point": stability,
         "stable_share_point": (stability >= 0.95).float(),
         "_binary": binary,
+        "_points": point["points"],
     }
     if clicks:
         final = (_chosen(rounds[-1], masks.shape[-1])[0] > 0) & valid

@@ -76,13 +76,18 @@ def count(name: str, value: Any) -> int:
     return int(value)
 
 
-def increasing_steps(name: str, values: Any) -> tuple[int, ...]:
-    """A strictly increasing tuple of non-negative step counts, or a ValueError naming the option."""
+def increasing_steps(name: str, values: Any, *, strict: bool = True) -> tuple[int, ...]:
+    """An increasing tuple of non-negative step counts, or a ValueError naming the option.
+
+    ``strict=False`` also accepts equal neighbours (``[1, 1]``), for options where a repeated step
+    has a meaning of its own.
+    """
     if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
         raise ValueError(f"Option {name} must be a list of step counts, got {values!r}.")
     steps = tuple(count(f"{name}[{i}]", v) for i, v in enumerate(values))
-    if any(b <= a for a, b in zip(steps, steps[1:])):
-        raise ValueError(f"Option {name} must be strictly increasing, got {list(steps)}.")
+    if any(b < a or (strict and b == a) for a, b in zip(steps, steps[1:])):
+        order = "strictly increasing" if strict else "non-decreasing"
+        raise ValueError(f"Option {name} must be {order}, got {list(steps)}.")
     return steps
 
 

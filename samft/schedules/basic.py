@@ -92,12 +92,14 @@ class Step(Schedule):
 
     Args:
         value: Value before the first milestone (default 1.0).
-        milestones: Strictly increasing steps at which the value is multiplied by ``gamma``.
+        milestones: Non-decreasing steps at which the value is multiplied by ``gamma``; a step
+            listed twice applies ``gamma`` twice. Fractions of a short run round to equal steps
+            (``train.steps=1`` puts both of SAM's drops at step 1), so equal steps are allowed.
         gamma: Factor per milestone (default 0.1).
     """
 
     def __init__(self, milestones: Any, gamma: float = 0.1, value: float = 1.0) -> None:
-        self.milestones = increasing_steps("milestones", milestones)
+        self.milestones = increasing_steps("milestones", milestones, strict=False)
         self.gamma = finite("gamma", gamma)
         self.value = finite("value", value)
 

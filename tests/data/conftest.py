@@ -77,3 +77,16 @@ def sa1b_folder(tmp_path):
         write_pair(root, stem, random_image(h, w, i), [annotation(100 * (i + 1) + k, m) for k, m in enumerate(ms)],
                    image_id=i + 1)
     return root, masks
+
+
+@pytest.fixture(scope="session")
+def coco_train(shared_dir, tmp_path_factory) -> Path:
+    """Real COCO photos with their instance masks in SA-1B form: the first 6 images of coco_tiny's train split."""
+    from samft.data.coco import convert_coco
+
+    tiny = shared_dir / "data" / "coco_tiny"
+    if not tiny.is_dir():
+        pytest.skip(f"{tiny} is absent: real-COCO test skipped")
+    out = tmp_path_factory.mktemp("coco_train") / "sa1b"
+    convert_coco(tiny / "annotations" / "instances_train2017.json", tiny / "train2017", out, link=True, max_images=6)
+    return out

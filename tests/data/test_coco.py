@@ -101,3 +101,13 @@ def test_converter_errors_and_skips(tmp_path, h):
     assert counts == {"images": 1, "annotations": 1, "empty_skipped": 1, "missing_images": 1, "size_mismatch": 1,
                       "images_without_annotations": 1}
     assert sorted(p.name for p in Path(tmp_path / "out").iterdir()) == ["a.jpg", "a.json"]
+
+
+def test_max_images_converts_the_first_annotated_images(shared_dir, tmp_path):
+    tiny = shared_dir / "data" / "coco_tiny"
+    instances = tiny / "annotations" / "instances_val2017.json"
+    counts = convert_coco(instances, tiny / "val2017", tmp_path / "out", link=True, max_images=3)
+    coco = json.loads(instances.read_text())
+    annotated = sorted({a["image_id"] for a in coco["annotations"] if not a.get("iscrowd")})
+    written = sorted(json.loads(p.read_text())["image"]["image_id"] for p in (tmp_path / "out").glob("*.json"))
+    assert counts["images"] == 3 and written == annotated[:3]

@@ -69,8 +69,9 @@ def test_evaluate_tool_reports_every_metric(demo_data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads(out.read_text())
     assert {"miou_point", "miou_box", "miou_click1", "boundary_iou_point", "iou_calibration_point",
-            "stability_point", "num_masks"} <= set(metrics)
-    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k != "num_masks")
+            "stability_point", "num_masks", "baseline_miou_point", "baseline_miou_box"} <= set(metrics)
+    assert all(0.0 <= metrics[k] <= 1.0 for k in metrics if k not in ("num_masks", "baseline_point_radius"))
+    assert metrics["baseline_point_radius"] >= 1
     assert "miou_point" in proc.stdout
 
 
@@ -78,3 +79,47 @@ def test_evaluate_tool_needs_validation_data(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "tools" / "evaluate.py"), str(REPO / "configs" / "demo.yaml"),
                            "data.val=null"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "data.val" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_baselines_match_hand_computed_box_and_disk():
+    """The filled box and the median-radius disk, scored against numpy references."""
+    import math
+
+    import numpy as np
+
+    from samft.engine.evaluate import DiskBaseline, filled_boxes
+    from samft.data.prompts import tight_boxes
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 20, 24), bool)
+    masks[0, 2:9, 3:15] = True  # a rectangle: its box fills it exactly
+    yy, xx = np.mgrid[:20, :24]
+    masks[1] = (xx - 12) ** 2 + 2 * (yy - 10) ** 2 <= 30  # an ellipse
+    masks[2] = rng.random((20, 24)) < 0.05  # scattered pixels
+    masks[2, 19, 23] = True
+    valid = np.ones((3, 20, 24), bool)
+    valid[:, :, 22:] = False  # padding on the right
+    points = torch.tensor([[[8.0, 5.0]], [[12.0, 10.0]], [[23.0, 19.0]]])
+    t_masks, t_valid = torch.from_numpy(masks), torch.from_numpy(valid)
+
+    boxes, _ = tight_boxes(t_masks)
+    filled = filled_boxes(boxes, 24)[:, :20]  # filled on a 24x24 grid, cropped to the 20 rows
+    for k in range(3):
+        ys, xs = np.nonzero(masks[k])
+        expect = np.zeros((20, 24), bool)
+        expect[ys.min():ys.max() + 1, xs.min():xs.max() + 1] = True
+        assert np.array_equal(filled[k].numpy(), expect)
+
+    disk = DiskBaseline()
+    disk.add(t_masks[:2], points[:2], t_valid[:2])  # two batches: the radius is chosen over both
+    disk.add(t_masks[2:], points[2:], t_valid[2:])
+    result = disk.result()
+    shown = masks & valid
+    radius = max(1, round(math.sqrt(np.median(shown.sum((1, 2))) / math.pi)))
+    ious = []
+    for k in range(3):
+        x, y = points[k, 0].tolist()
+        d = ((xx - x) ** 2 + (yy - y) ** 2 <= radius ** 2) & valid[k]
+        ious.append((d & shown[k]).sum() / (d | shown[k]).sum())
+    assert result["baseline_point_radius"] == radius
+    assert abs(result["baseline_miou_point"] - float(np.mean(ious))) < 1e-6

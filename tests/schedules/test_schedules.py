@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,6 +14,8 @@ from omegaconf import OmegaConf
 import samft.config  # noqa: F401  (registers the ${frac:...} resolver used by the recipes)
 from samft.registry import SCHEDULES, RegistryError
 from samft.schedules import Constant, Linear, Schedule, as_schedule
+
+REPO = Path(__file__).resolve().parents[2]
 
 ALL_SPECS = [
     {"name": "constant", "value": 0.5},
@@ -166,6 +169,27 @@ def test_as_schedule_accepts_numbers_schedules_and_specs():
     assert isinstance(lin, Schedule)
 
 
+@pytest.mark.parametrize(("steps", "milestones"), [(1, (1, 1)), (2, (1, 2)), (3, (2, 3))])
+def test_recipe_schedule_builds_for_very_short_runs(steps, milestones):
+    """SAM's two lr drops at 2/3 and 96% of a run round to equal steps in runs of one step."""
+    cfg = OmegaConf.create({"train": {"steps": steps}, "schedule": OmegaConf.load(REPO / "configs" / "sam_ft.yaml").schedule})
+    OmegaConf.resolve(cfg)
+    lr = SCHEDULES.build(cfg.schedule)
+    assert lr.after.milestones == milestones
+    before_last = {1: 1.0, 2: 0.1, 3: 0.1}[steps]  # milestones <= steps - 1, counted by hand
+    assert lr.after(steps - 1) == pytest.approx(before_last)
+    assert lr.after(steps) == pytest.approx(0.01)
+
+
+def test_one_step_run_config_builds_its_schedule():
+    """`train.steps=1` with the recipe's schedule used to stop with 'milestones must be strictly increasing'."""
+    from samft.config import load
+
+    cfg = load(REPO / "configs" / "demo.yaml", ["train.steps=1"])
+    lr = SCHEDULES.build(cfg.schedule)
+    assert lr(0) == 0.0 and lr(1) == pytest.approx(0.1 * 0.01)  # warmup 1/10 times both drops
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -173,7 +197,8 @@ def test_as_schedule_accepts_numbers_schedules_and_specs():
         ({"name": "linaer", "start": 0}, "Did you mean 'linear'"),
         ({"name": "linear", "start": 0, "end": 1, "total_steps": -5}, "total_steps must be a non-negative"),
         ({"name": "linear", "start": float("nan"), "end": 1, "total_steps": 5}, "start must be a finite"),
-        ({"name": "step", "milestones": [20, 10]}, "milestones must be strictly increasing"),
+        ({"name": "step", "milestones": [20, 10]}, "milestones must be non-decreasing"),
+        ({"name": "piecewise", "boundaries": [2, 2], "values": [1, 2, 3]}, "boundaries must be strictly increasing"),
         ({"name": "step", "milestones": 10}, "milestones must be a list"),
         ({"name": "exponential", "start": 1, "gamma": 0}, "gamma must be > 0"),
         ({"name": "warmup", "warmup_steps": 5, "after": "cosine"}, "after must be a number or a schedule"),
