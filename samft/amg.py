@@ -83,13 +83,13 @@ class AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         min_iou = self.pred_iou_thresh if min_pred_iou is None else min_pred_iou
         min_stab = self.stability_score_thresh if min_stability is None else min_stability
         crop_boxes, layer_idxs = generate_crop_boxes(image.shape[:2], self.crop_n_layers, self.crop_overlap_ratio)
-        data = MaskData()
+        crops = []
         for index, (crop_box, layer) in enumerate(zip(crop_boxes, layer_idxs)):
             crop = self._crop_candidates(image, crop_box, layer, min_iou, min_stab)
             crop["crop_index"] = torch.full((len(crop["rles"]),), index, dtype=torch.long)
             crop["crop_boxes"] = torch.tensor([crop_box] * len(crop["rles"]), dtype=torch.long).reshape(-1, 4)
-            data.cat(crop)
-        return Candidates(data, crop_boxes, min_iou, min_stab)
+            crops.append(crop)
+        return Candidates(_concat(crops), crop_boxes, min_iou, min_stab)
 
     def select(self, cands: Candidates, pred_iou_thresh: float | None = None,
                stability_thresh: float | None = None) -> MaskData:
@@ -143,9 +143,8 @@ class AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         cropped = image[y0:y1, x0:x1, :]
         self.predictor.set_image(cropped)
         points_for_image = self.point_grids[layer] * np.array(cropped.shape[:2])[None, ::-1]
-        data = MaskData()
-        for (points,) in batch_iterator(self.points_per_batch, points_for_image):
-            data.cat(self._batch_candidates(points, cropped.shape[:2], crop_box, image.shape[:2], min_iou, min_stab))
+        data = _concat([self._batch_candidates(points, cropped.shape[:2], crop_box, image.shape[:2], min_iou, min_stab)
+                        for (points,) in batch_iterator(self.points_per_batch, points_for_image)])
         self.predictor.reset_image()
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
         data["points"] = uncrop_points(data["points"], crop_box)
@@ -193,4 +192,13 @@ def _subset(data: MaskData, rows: torch.Tensor) -> MaskData:
             out[key] = [value[i] for i in rows.tolist()]
         else:
             out[key] = value[rows]
+    return out
+
+
+def _concat(parts: list[MaskData]) -> MaskData:
+    """``MaskData.cat`` of fresh parts without its deep copies (which took half of upstream's AMG time here)."""
+    out = MaskData()
+    for key, first in parts[0].items():
+        values = [part[key] for part in parts]
+        out[key] = [v for value in values for v in value] if isinstance(first, list) else torch.cat(values)
     return out
