@@ -214,9 +214,9 @@ def everything_main(argv: list[str]) -> int:
 
 
 def _print(result: EverythingResult) -> None:
-    print(f"{'pred_iou':>8} {'stab':>5} " + " ".join(f"{m:>7}" for m in METRIC_NAMES))
+    print(f"{'pred_iou':>8} {'stab':>6} " + " ".join(f"{m:>7}" for m in METRIC_NAMES))
     for (i, s), metrics in result.sweep.items():
         mark = "  <- best" if (i, s) == result.best_pair else ""
-        print(f"{i:>8.2f} {s:>5.2f} " + " ".join(f"{metrics[m]:>7.4f}" for m in METRIC_NAMES) + mark)
+        print(f"{i:>8.3g} {s:>6.3g} " + " ".join(f"{metrics[m]:>7.4f}" for m in METRIC_NAMES) + mark)
     i, s = result.best_pair
     print(f"Best {result.best_metric} on {result.num_images} images: pred_iou_thresh={i} stability_score_thresh={s}")
