@@ -114,7 +114,8 @@ def main() -> None:
     count = 2 if args.quick else args.images
     images = images_of(args.data, count)
     demo = load_model(args.checkpoint) if args.checkpoint else perturbed("vit_tiny", 128)
-    bench(f"demo model ({args.checkpoint or 'vit_tiny 128 px, random perturbed'})", demo, images, args.thresholds, pairs)
+    label = f"demo model ({args.checkpoint or 'vit_tiny 128 px, random perturbed'})"
+    bench(label, demo, images, args.thresholds, pairs)
     if args.vit_b:
         bench("ViT-B at 1024 px (random perturbed)", perturbed("vit_b", 1024), images[:1 if args.quick else 2],
               args.thresholds, pairs)

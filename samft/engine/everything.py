@@ -197,7 +197,8 @@ def everything_main(argv: list[str]) -> int:
     if not cfg.data.val:
         raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
     folder = Path.cwd() / cfg.data.val
-    json_paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))[: cfg.eval.max_images]  # .samft_index.json is ours
+    # Hidden files are samft's own (.samft_index.json), not annotations.
+    json_paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))[: cfg.eval.max_images]
     if not json_paths:
         raise DataError(f"{folder} holds no SA-1B annotation files (*.json).")
     model = model_from_config(cfg, Path.cwd()).to(select_device(cfg.train.device)).eval()

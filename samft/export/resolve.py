@@ -100,8 +100,9 @@ def _load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle, zip and unsupported-type errors all mean "not a checkpoint"
-        raise ExportError(f"{path} could not be read as PyTorch weights ({type(exc).__name__}: "
-                          f"{(str(exc).splitlines() or [''])[0][:200]}). Pass a samft checkpoint or run folder.") from None
+        first_line = (str(exc).splitlines() or [""])[0][:200]
+        raise ExportError(f"{path} could not be read as PyTorch weights ({type(exc).__name__}: {first_line}). "
+                          "Pass a samft checkpoint or run folder.") from None
 
 
 def _arch_of_training_checkpoint(path: Path, obj: dict[str, Any]) -> tuple[str, int]:

@@ -23,7 +23,8 @@ def images(tmp_path, test_image):
 
 
 PROMPTS = [{"points": [[12, 10]], "labels": [1]}, {"box": [30, 25, 62, 46]}, {"points": [[45, 15]], "labels": [1]},
-           {"points": [[12, 10], [50, 40]], "labels": [1, 0]}, {"points": [[20, 20]], "labels": [1], "box": [5, 5, 30, 30]}]
+           {"points": [[12, 10], [50, 40]], "labels": [1, 0]},
+           {"points": [[20, 20]], "labels": [1], "box": [5, 5, 30, 30]}]
 
 
 def test_prompts_give_sam_predictors_masks_one_encoding_per_image(trained_run, images, tmp_path):
