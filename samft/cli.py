@@ -114,13 +114,23 @@ def _mlflow_run(cfg, run_id: str | None) -> dict[str, str | None]:
 EVAL_USAGE = """usage: python tools/evaluate.py CONFIG.yaml model.checkpoint=PATH [key=value ...] [--json FILE]
 
 Evaluate a checkpoint (samft's or a SAM .pth) on data.val: mIoU from one centre point, one box and
-after eval.clicks correction clicks, boundary IoU, IoU-head calibration and stability statistics."""
+after eval.clicks correction clicks, boundary IoU, IoU-head calibration and stability statistics.
+--mode everything: automatic masks instead (AP, AR@100/1000, mSA over a threshold sweep; --mode everything -h)."""
 
 
 def _evaluate(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(EVAL_USAGE)
         return 0 if argv else 2
+    if "--mode" in argv:  # "segment everything" evaluation: samft/engine/everything.py (issue 11)
+        at = argv.index("--mode")
+        mode, argv = argv[at + 1:at + 2], argv[:at] + argv[at + 2:]
+        if mode == ["everything"]:
+            from samft.engine.everything import everything_main
+            return everything_main(argv)
+        if mode != ["prompts"]:
+            from samft.config import ConfigError
+            raise ConfigError(f"--mode {' '.join(mode) or '(missing)'}: use --mode prompts (default) or everything.")
     import json
 
     from samft.config import ConfigError, load
