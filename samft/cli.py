@@ -164,34 +164,6 @@ def _evaluate(argv: list[str]) -> int:
     return 0
 
 
-def _export(argv: list[str]) -> int:
-    import argparse
-
-    parser = argparse.ArgumentParser(
-        prog="export_sam.py",
-        description="Write the model weights of a samft checkpoint as a plain SAM state dict (.pth): "
-                    "segment_anything's sam_model_registry[NAME](checkpoint=OUT) loads it for vit_b/l/h, "
-                    "and samft's model.checkpoint=OUT for every model.")
-    parser.add_argument("checkpoint", type=Path, help="samft checkpoint, e.g. outputs/RUN/checkpoints/best.pt")
-    parser.add_argument("out", type=Path, help="output .pth file")
-    args = parser.parse_args(argv)
-    import torch
-
-    from samft.models.checkpoint import read_state_dict
-
-    state = read_state_dict(args.checkpoint)  # weights_only: no code from the file runs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, args.out)
-    params = sum(t.numel() for t in state.values())
-    print(f"{args.out}: {len(state)} tensors, {params / 1e6:.2f}M values (model weights only; "
-          "no optimiser or training state)")
-    return 0
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    return run_cli(_export, sys.argv[1:] if argv is None else argv)
-
-
 def evaluate_main(argv: list[str] | None = None) -> int:
     return run_cli(_evaluate, sys.argv[1:] if argv is None else argv)
 

@@ -95,7 +95,8 @@ def run_summary(info: RunInfo, python: str = "python") -> list[str]:
     lines += ["Next:",
               f"  evaluate: {py} tools/evaluate.py {config} model.checkpoint={ckpt} "
               f"--json {shlex.quote(run_dir + '/eval.json')}",
-              f"  export:   {py} tools/export_sam.py {ckpt} {shlex.quote(run_dir + '/sam_finetuned.pth')}"]
+              f"  export:   {py} tools/export.py {shlex.quote(run_dir)} --format sam "
+              f"--out {shlex.quote(run_dir + '/sam_finetuned.pth')}"]
     if info.experiment:
         lines.append(f"  compare:  {py} tools/compare_runs.py --experiment {shlex.quote(info.experiment)} "
                      "--out outputs/compare")

@@ -71,6 +71,6 @@ def test_end_of_run_points_to_evaluate_compare_export(runs):
     # The run's own config: model and input size always fit the checkpoint (the README runs this form).
     assert nexts["evaluate"][1:] == ["tools/evaluate.py", f"{run}/config.yaml",
                                      f"model.checkpoint={run}/checkpoints/best.pt", "--json", f"{run}/eval.json"]
-    assert nexts["export"][1:] == ["tools/export_sam.py", f"{run}/checkpoints/best.pt", f"{run}/sam_finetuned.pth"]
+    assert nexts["export"][1:] == ["tools/export.py", run, "--format", "sam", "--out", f"{run}/sam_finetuned.pth"]
     assert nexts["compare"][1:] == ["tools/compare_runs.py", "--experiment", "samft-demo", "--out", "outputs/compare"]
     assert (folder / "config.yaml").is_file() and (folder / "checkpoints" / "best.pt").is_file()
