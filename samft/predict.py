@@ -27,6 +27,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import area_from_rle, coco_encode_rle, mask_to_rle_pytorch
 
 from samft.data import DataError
+from samft.predict_cli import parser
 from samft.registry import METRICS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -154,24 +155,6 @@ def list_images(folder: Path) -> list[Path]:
     if not images:
         raise DataError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
     return images
-
-
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/predict.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("checkpoint", help="run folder, checkpoints/best.pt or last.pt, an exported or Meta's .pth")
-    p.add_argument("images", type=Path, help="folder of images")
-    p.add_argument("--out", type=Path, required=True)
-    mode = p.add_mutually_exclusive_group(required=True)
-    mode.add_argument("--prompts", type=Path, help="JSON: image file name -> list of point/box prompts")
-    mode.add_argument("--everything", action="store_true", help="automatic masks (SAM's generator recipe)")
-    p.add_argument("--overlays", action="store_true", help="also write OUT/<image>.png with the masks drawn")
-    p.add_argument("--batch-size", type=int, default=64, help="prompts (or AMG points) decoded at once")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
-    p.add_argument("--stability-thresh", type=float, default=0.95)
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--crop-n-layers", type=int, default=0)
-    return p
 
 
 def _predict(argv: list[str]) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
 
-from samft.predict import predict_main  # noqa: E402
+from samft.predict_cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(predict_main())
+    sys.exit(main())

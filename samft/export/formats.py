@@ -19,7 +19,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.onnx import SamOnnxModel
 
-from samft.export.resolve import ExportError, sidecar_path
+from samft.export.checkpoints import ExportError, sidecar_path
 from samft.models import ARCHS
 
 DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels", "mask_input", "has_mask_input", "orig_im_size")

@@ -1,0 +1,37 @@
+"""Arguments of ``tools/predict.py``, apart from :mod:`samft.predict` so that ``--help`` answers
+before torch and segment_anything are imported."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = "Masks from a fine-tuned SAM for a folder of images: given prompts, or automatic (\"everything\")."
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tools/predict.py", description=DESCRIPTION)
+    p.add_argument("checkpoint", help="run folder, checkpoints/best.pt or last.pt, an exported or Meta's .pth")
+    p.add_argument("images", type=Path, help="folder of images")
+    p.add_argument("--out", type=Path, required=True)
+    mode = p.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--prompts", type=Path, help="JSON: image file name -> list of point/box prompts")
+    mode.add_argument("--everything", action="store_true", help="automatic masks (SAM's generator recipe)")
+    p.add_argument("--overlays", action="store_true", help="also write OUT/<image>.png with the masks drawn")
+    p.add_argument("--batch-size", type=int, default=64, help="prompts (or AMG points) decoded at once")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--pred-iou-thresh", type=float, default=0.88)
+    p.add_argument("--stability-thresh", type=float, default=0.95)
+    p.add_argument("--points-per-side", type=int, default=32)
+    p.add_argument("--crop-n-layers", type=int, default=0)
+    return p
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser().parse_args(argv)  # --help and usage errors end here, at once
+    from samft.predict import predict_main
+
+    return predict_main(argv)
