@@ -283,10 +283,10 @@ class Trainer:
         grad_norm = self._gradient_norm()
         stepped = self._step_decision(finite, grad_norm)
         self.weighting.step_end(stepped)
-        result = StepResult(stepped, masks=masks, skipped_files=sum(b.get("skipped", 0) for b in micro),
-                            loss_output=out)
         if not stepped:
             return self._skip_nonfinite(sums)
+        result = StepResult(True, masks=masks, skipped_files=sum(b.get("skipped", 0) for b in micro),
+                            loss_output=out)
         self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
