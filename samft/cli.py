@@ -61,11 +61,12 @@ def _train(argv: list[str]) -> int:
     from samft.engine.threads import apply_threads
 
     cfg = load(argv[0], argv[1:])
-    name_run(cfg, argv[0])
     # Here, not in Trainer: a process-wide setting belongs to the process's entry point (tests and
     # benchmarks that build a Trainer keep the thread count they chose).
     logging.getLogger("samft.train").info("%s", apply_threads(cfg.train.threads).describe())
-    result = Trainer(cfg, project_root=Path.cwd()).fit()
+    # Without train.run_name the run is named <config name>-<time>: runs of different configs are
+    # told apart at a glance. The Trainer picks the time on rank 0 (ranks' clocks differ).
+    result = Trainer(cfg, project_root=Path.cwd(), run_prefix=Path(argv[0]).stem).fit()
     if not is_main_process():  # quiet, but with the same exit status as rank 0
         return 128 + int(getattr(signal, result.stopped_by)) if result.stopped_by else 0
     from samft.engine.console import RunInfo, run_summary, shown_path
@@ -79,19 +80,6 @@ def _train(argv: list[str]) -> int:
     info = RunInfo(result.run_dir, result.steps, result.val_metrics, **_mlflow_run(cfg, result.run_id))
     print("\n" + "\n".join(run_summary(info, python=python)))
     return 0
-
-
-def name_run(cfg, config_path: str) -> None:
-    """Without ``train.run_name``, name the run ``<config name>-<time>`` (its folder and its MLflow
-    run): runs of different configs are told apart at a glance. ``train.resume=auto`` without a
-    name keeps looking for the newest run instead."""
-    import time
-
-    from omegaconf import read_write
-
-    if cfg.train.run_name is None and cfg.train.resume != "auto":
-        with read_write(cfg):
-            cfg.train.run_name = f"{Path(config_path).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 def _mlflow_run(cfg, run_id: str | None) -> dict[str, str | None]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, read_write
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -95,10 +95,14 @@ class Trainer:
     Args:
         cfg: A config from :func:`samft.config.load`.
         project_root: Folder holding the embedded MLflow store and relative paths.
+        run_prefix: Without ``train.run_name``, the run is named ``<run_prefix>-<time>`` (the time alone
+            without a prefix); ``train.resume=auto`` without a name continues the newest run instead.
     """
 
-    def __init__(self, cfg: DictConfig, project_root: Path | str | None = None) -> None:
+    def __init__(self, cfg: DictConfig, project_root: Path | str | None = None,
+                 run_prefix: str | None = None) -> None:
         self.cfg = cfg
+        self.run_prefix = run_prefix
         if cfg.train.grad_accum < 1:
             raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
@@ -581,12 +585,14 @@ class Trainer:
         return {f"lr/{g.get('name', i)}": float(g["lr"]) for i, g in enumerate(self.optimizer.param_groups)}
 
     def _run_dir(self) -> Path:
-        """``output_dir/run_name``; without a run name, a timestamp (or, to resume, the latest run).
+        """``output_dir/run_name``; without a run name, prefix and time (or, to resume, the latest run).
 
         Rank 0 chooses the name and every rank takes it (their clocks and filesystems may differ);
-        only rank 0 creates the folder and writes ``config.yaml`` into it."""
+        the config records it; only rank 0 creates the folder and writes ``config.yaml`` into it."""
         out = self.root / self.cfg.train.output_dir
         name = dist.on_main(lambda: self._run_name(out))
+        with read_write(self.cfg):
+            self.cfg.train.run_name = name
         run_dir = out / name
         if self.dist.is_main:
             (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
@@ -599,7 +605,10 @@ class Trainer:
             latest = find_resume_checkpoint("auto", out, search_runs=True)
             if latest is not None:
                 return latest.parent.parent.name
-        return name or time.strftime("%Y%m%d-%H%M%S")
+        if name:
+            return name
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        return f"{self.run_prefix}-{stamp}" if self.run_prefix else stamp
 
 
 def weights_of(weighting: torch.nn.Module, step: int) -> dict[str, float] | None:

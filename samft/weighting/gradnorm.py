@@ -112,6 +112,7 @@ class GradNormWeighting(WeightingStrategy):
         self._optimizer = OPTIMIZERS[optimizer]([self.weights], lr=self.lr)
         self._shared: list[nn.Parameter] | None = None
         self._pending: tuple[torch.Tensor, int] | None = None  # (sum of [g, L] over micro-batches, count)
+        self._initial_seen = 0  # host mirror of initial_count
 
     # -- engine contract ----------------------------------------------------------------------
     def bind(self, model: nn.Module) -> None:
@@ -144,20 +145,29 @@ class GradNormWeighting(WeightingStrategy):
 
     def step_end(self, stepped: bool) -> None:
         """One GradNorm update from the step's micro-batches (their mean ``g`` and ``L``, averaged
-        over ranks), if the step was taken; a skipped step leaves the weights as they are."""
+        over ranks), if the step was taken; a skipped step leaves the weights as they are.
+
+        Nothing here reads the device (the engine's step makes one read in all): the count of
+        initial steps is mirrored on the host, and an update whose ``g`` or ``L`` is not finite
+        (the engine skips such steps before they get here) is discarded on the device with
+        ``torch.where``, leaving the weights and the initial losses unchanged."""
         pending, self._pending = self._pending, None
         if pending is None or not stepped:
             return
         summed, micro = pending
         g, values = _mean_across_ranks(summed / micro).split(len(self.terms))
-        if not (torch.isfinite(g).all() and torch.isfinite(values).all()):
-            return
-        if int(self.initial_count) < self.initial_steps:
-            self.initial_loss_sum += values
-            self.initial_count += 1
-            if int(self.initial_count) < self.initial_steps:
+        ok = torch.isfinite(g).all() & torch.isfinite(values).all()
+        if self._initial_seen < self.initial_steps:
+            self.initial_loss_sum += torch.where(ok, values, torch.zeros_like(values))
+            self.initial_count += ok.long()
+            self._initial_seen += 1
+            if self._initial_seen < self.initial_steps:
                 return
-        self._step_weights(g, self._relative_rates(values))
+        self._step_weights(g, self._relative_rates(values), ok)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._initial_seen = int(self.initial_count)  # once, at load time
 
     def get_extra_state(self) -> dict[str, Any]:
         return {"optimizer": self._optimizer.state_dict()}
@@ -191,24 +201,27 @@ class GradNormWeighting(WeightingStrategy):
 
     def _relative_rates(self, values: torch.Tensor) -> torch.Tensor:
         """``r_i``; a term whose initial loss is 0 counts as training at the mean rate."""
-        initial = self.initial_loss_sum / self.initial_count
+        initial = self.initial_loss_sum / self.initial_count.clamp_min(1)
         ratio = torch.where(initial > 0, values / initial.clamp_min(1e-30), torch.ones_like(values))
         mean = ratio.mean()
-        return ratio / mean if mean > 0 else torch.ones_like(ratio)
+        return torch.where(mean > 0, ratio / mean.clamp_min(1e-30), torch.ones_like(ratio))
 
-    def _step_weights(self, g: torch.Tensor, r: torch.Tensor) -> None:
+    def _step_weights(self, g: torch.Tensor, r: torch.Tensor, ok: torch.Tensor) -> None:
+        """One optimiser step on the weights; where ``ok`` is False the weights stay as they were."""
+        before = self.weights.detach().clone()
         with torch.enable_grad():
             weighted = self.weights * g  # G_i; differentiable in the weights only
             target = weighted.detach().mean() * r.pow(self.alpha)
             loss_grad = (weighted - target).abs().sum()
             (grad,) = torch.autograd.grad(loss_grad, self.weights)
-        self.last_grad_norm = weighted.detach()
-        self.weights.grad = grad
+        self.last_grad_norm = torch.where(ok, weighted.detach(), self.last_grad_norm)
+        self.weights.grad = torch.where(ok, grad, torch.zeros_like(grad))
         self._optimizer.step()
         self.weights.grad = None
         with torch.no_grad():
             self.weights.clamp_(min=self.min_weight)
             self.weights.mul_(len(self.terms) / self.weights.sum())
+            self.weights.copy_(torch.where(ok, self.weights, before))
 
     def extra_repr(self) -> str:
         return (f"terms={list(self.terms)}, alpha={self.alpha}, shared_param={self.shared_param!r}, "

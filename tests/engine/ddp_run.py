@@ -2,14 +2,19 @@
 
 usage: python -m torch.distributed.run --nproc_per_node=2 ddp_run.py DATA_DIR OUT_DIR FAULT [key=value ...]
 
-FAULT is ``none``, ``nan@K`` (rank 1's loss is NaN on its K-th call) or ``sigterm@K`` (rank 1 sends
-itself SIGTERM during its K-th loss call). Each rank writes OUT_DIR/rank<R>.pt with its final model
-weights, weighting state, step and validation metrics; the process exits 143 when a signal stopped it.
+FAULT is ``none``, ``nan@K`` (rank 1's loss is NaN on its K-th call; ``nan@*``: on every call),
+``sigterm@K`` (rank 1 sends itself SIGTERM during its K-th loss call) or ``clock`` (rank 1's clock
+names another run folder than rank 0's). Each rank writes OUT_DIR/rank<R>.pt with its final model
+weights, weighting state, step, logged history and validation metrics (or the TrainingError that
+stopped it, and then exits 3), then waits for the other rank's file before it
+exits (torchrun ends the workers still running once one exits non-zero); the process exits 143 when a
+signal stopped it.
 """
 
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -18,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from samft.config import load  # noqa: E402
-from samft.engine.trainer import Trainer  # noqa: E402
+from samft.engine import trainer as trainer_module  # noqa: E402
+from samft.engine.trainer import Trainer, TrainingError  # noqa: E402
 from samft.losses import call_loss  # noqa: E402
 
 
@@ -31,7 +37,7 @@ class Fault:
     def __call__(self, logits, target, **extras):
         self.count += 1
         out = call_loss(self.loss, logits, target, **extras)
-        if self.count == self.call:
+        if self.call in (self.count, "*"):
             if self.kind == "nan":
                 out = {**out, "focal": out["focal"] * float("nan")}
             else:
@@ -49,16 +55,34 @@ def main(data: str, out: str, fault: str, *overrides: str) -> int:
         "eval.clicks=1", "schedule={name: warmup, warmup_steps: 2, after: {name: cosine, start: 1.0, end: 0.1, "
         "total_steps: 20}}", *overrides,
     ])
+    if fault == "clock" and rank == 1:
+        trainer_module.time.strftime = lambda fmt, *a: "19700101-000000"
     trainer = Trainer(cfg)
-    if fault != "none" and rank == 1:
+    if fault.startswith(("nan@", "sigterm@")) and rank == 1:
         kind, call = fault.split("@")
-        trainer.loss_fn = Fault(trainer.loss_fn, kind, int(call))
-    result = trainer.fit()
+        trainer.loss_fn = Fault(trainer.loss_fn, kind, call if call == "*" else int(call))
+    try:
+        result = trainer.fit()
+    except TrainingError as err:
+        torch.save({"error": str(err), "nonfinite_in_row": trainer.nonfinite_in_row}, Path(out) / f"rank{rank}.pt")
+        wait_for_other(out, rank)
+        return 3
     torch.save({"model": trainer.model.state_dict(), "weighting": trainer.weighting.state_dict(),
                 "step": result.steps, "stopped_by": result.stopped_by, "val_metrics": result.val_metrics,
-                "nonfinite_in_row": trainer.nonfinite_in_row, "run_dir": str(result.run_dir)},
+                "history": result.history, "nonfinite_in_row": trainer.nonfinite_in_row,
+                "run_dir": str(result.run_dir)},
                Path(out) / f"rank{rank}.pt")
+    wait_for_other(out, rank)
     return 128 + signal.SIGTERM if result.stopped_by else 0
+
+
+def wait_for_other(out: str, rank: int) -> None:
+    """Exit only once the other rank wrote its file: torchrun ends the workers still running once one
+    exits non-zero."""
+    other = Path(out) / f"rank{1 - rank}.pt"
+    deadline = time.monotonic() + 120
+    while not other.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 if __name__ == "__main__":

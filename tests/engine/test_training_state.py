@@ -266,3 +266,36 @@ def test_a_checkpoint_of_the_previous_layout_still_resumes(demo_data, tmp_path):
     fresh.load_state_dict(old)
     assert fresh.step == 2 and torch.equal(fresh.click_generator.get_state(), own["rng"]["generators"][0])
     assert set(fresh.epoch_sums) == set(own["epoch_sums"])
+
+
+def test_weighting_gradients_are_averaged_over_ranks_before_the_scaler_checks_them(demo_data, tmp_path, monkeypatch):
+    """The overflow check in ``unscale_`` must see the gradients that will be applied: reduced first."""
+    from samft.engine import distributed
+    from samft.engine.distributed import DistInfo
+
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=1", "weighting={name: uncertainty}"))
+    trainer.dist = DistInfo(0, 2)
+    order = []
+    for p in trainer.weighting.parameters():
+        p.grad = torch.ones_like(p)
+    monkeypatch.setattr(distributed, "device_sum_", lambda t: order.append("reduce") or t.mul_(2))
+    unscale = trainer.scaler.unscale_
+    monkeypatch.setattr(trainer.scaler, "unscale_", lambda opt: order.append("unscale") or unscale(opt))
+    trainer._gradient_norm()
+    n = len(list(trainer.weighting.parameters()))
+    assert n > 0 and order == ["reduce"] * n + ["unscale"]
+    assert all(torch.equal(p.grad, torch.ones_like(p)) for p in trainer.weighting.parameters())  # sum / 2 ranks
+
+
+def test_micro_batches_move_to_the_device_one_at_a_time(demo_data, tmp_path, monkeypatch):
+    """With gradient accumulation only one micro-batch is on the device at once: move, step, move, step."""
+    import samft.engine.trainer as trainer_module
+
+    trainer = Trainer(tiny_config(demo_data, tmp_path, "train.steps=1", "train.grad_accum=2"))
+    events = []
+    move, micro_step = trainer_module.to_device, trainer._micro_step
+    monkeypatch.setattr(trainer_module, "to_device", lambda b, d: events.append("move") or move(b, d))
+    monkeypatch.setattr(trainer, "_micro_step", lambda *a: events.append("step") or micro_step(*a))
+    batches = trainer._batches(trainer._loader(trainer.train_set, trainer.sampler))
+    assert trainer.train_step([next(batches), next(batches)]).stepped
+    assert events == ["move", "step", "move", "step"]

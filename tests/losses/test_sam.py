@@ -333,3 +333,26 @@ def test_extra_terms_reject_reserved_names():
     with pytest.raises(ValueError, match="already uses"):
         sam(torch.zeros(1, 1, 4, 4), torch.zeros(1, 4, 4), iou_pred=torch.zeros(1, 1),
             extra_terms={"dice": {"name": "dice"}})
+
+
+def test_the_chunking_is_chosen_per_device():
+    """On a GPU the recipe's 64 x 4 x 256 x 256 logits are one chunk with a dense backward (no
+    ``nonzero``, which would wait for the device); on a CPU small chunks and the sparse backward."""
+    from samft.losses.sam import ACCELERATOR_PLAN, CPU_PLAN, chunk_plan
+
+    for device in ("cuda", "cuda:1", "mps"):
+        plan = chunk_plan(torch.device(device))
+        assert plan is ACCELERATOR_PLAN and plan.elements >= 64 * 4 * 256 * 256 and not plan.sparse_backward
+    assert chunk_plan(torch.device("cpu")) is CPU_PLAN and CPU_PLAN.sparse_backward
+
+
+def test_the_loss_asks_for_the_plan_of_its_logits_device(monkeypatch):
+    import samft.losses.sam as sam_module
+
+    asked = []
+    real = sam_module.chunk_plan
+    monkeypatch.setattr(sam_module, "chunk_plan", lambda device: asked.append(device) or real(device))
+    logits = torch.randn(2, 4, 8, 8, requires_grad=True)
+    target = (torch.rand(2, 8, 8) > 0.5).float()
+    sam(logits, target, iou_pred=torch.rand(2, 4), candidates=torch.ones(2, 4, dtype=torch.bool))["loss"].backward()
+    assert asked and all(d == torch.device("cpu") for d in asked)
