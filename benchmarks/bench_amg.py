@@ -30,7 +30,7 @@ import torch  # noqa: E402
 from segment_anything import SamAutomaticMaskGenerator  # noqa: E402
 
 from samft.amg import AutomaticMaskGenerator  # noqa: E402
-from samft.engine.everything import DEFAULT_IOU_GRID, DEFAULT_STABILITY_GRID  # noqa: E402
+from samft.config import EverythingConfig  # noqa: E402
 from samft.export import load_model  # noqa: E402
 from samft.models import build_model  # noqa: E402
 from samft.predict import read_image  # noqa: E402
@@ -105,8 +105,8 @@ def main() -> None:
     p.add_argument("--vit-b", action="store_true", help="also ViT-B at 1024 px (slow on CPUs)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--thresholds", type=_floats, default=(0.88, 0.95), help="IOU,STABILITY (SAM's: 0.88,0.95)")
-    p.add_argument("--iou-grid", type=_floats, default=DEFAULT_IOU_GRID)
-    p.add_argument("--stability-grid", type=_floats, default=DEFAULT_STABILITY_GRID)
+    p.add_argument("--iou-grid", type=_floats, default=tuple(EverythingConfig().iou_grid))
+    p.add_argument("--stability-grid", type=_floats, default=tuple(EverythingConfig().stability_grid))
     args = p.parse_args()
     pairs = list(itertools.product(args.iou_grid, args.stability_grid))
     torch.set_num_threads(args.threads)

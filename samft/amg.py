@@ -26,6 +26,7 @@ from segment_anything.utils.amg import (
     MaskData,
     batch_iterator,
     batched_mask_to_box,
+    coco_encode_rle,
     generate_crop_boxes,
     is_box_near_crop_edge,
     mask_to_rle_pytorch,
@@ -119,18 +120,36 @@ class AutomaticMaskGenerator(SamAutomaticMaskGenerator):
         data.to_numpy()
         return data
 
-    def records(self, selection: MaskData) -> list[dict[str, Any]]:
+    def records(self, selection: MaskData, encoded: dict[int, dict] | None = None) -> list[dict[str, Any]]:
         """SA-1B-style records of a selection, written by upstream's ``generate`` itself.
 
         ``generate`` does the small-region cleanup, the RLE encoding and the record layout after calling
         ``_generate_masks(image)``; handing it the selection instead of an image reuses all of that.
+
+        Args:
+            encoded: A cache of COCO encodings shared by several selections of the same candidates (a
+                sweep): each candidate mask is then encoded once, not once per threshold pair.
         """
-        return SamAutomaticMaskGenerator.generate(self, _Selected(selection))
+        if encoded is None or self.output_mode != "coco_rle" or self.min_mask_region_area > 0:
+            return SamAutomaticMaskGenerator.generate(self, _Selected(selection))
+        self.output_mode = "uncompressed_rle"  # upstream's layout with the candidates' own RLE objects
+        try:
+            records = SamAutomaticMaskGenerator.generate(self, _Selected(selection))
+        finally:
+            self.output_mode = "coco_rle"
+        for record in records:
+            rle = record["segmentation"]
+            if id(rle) not in encoded:
+                encoded[id(rle)] = coco_encode_rle(rle)
+            record["segmentation"] = encoded[id(rle)]
+        return records
 
     def sweep(self, image: np.ndarray, pairs: list[tuple[float, float]]) -> dict[tuple[float, float], list[dict]]:
-        """Records for each (predicted IoU, stability) threshold pair; the model runs once."""
+        """Records for each (predicted IoU, stability) threshold pair; the model runs once and each
+        candidate mask is encoded once."""
         cands = self.candidates(image, min(p[0] for p in pairs), min(p[1] for p in pairs))
-        return {pair: self.records(self.select(cands, *pair)) for pair in pairs}
+        encoded: dict[int, dict] = {}  # keyed by the candidate's RLE object, alive as long as cands
+        return {pair: self.records(self.select(cands, *pair), encoded) for pair in pairs}
 
     def _generate_masks(self, image: np.ndarray | _Selected) -> MaskData:
         if isinstance(image, _Selected):

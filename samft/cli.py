@@ -114,7 +114,11 @@ def _evaluate(argv: list[str]) -> int:
         at = argv.index("--mode")
         mode, argv = argv[at + 1:at + 2], argv[:at] + argv[at + 2:]
         if mode == ["everything"]:
+            from samft.engine.everything_cli import parser
+
+            parser().parse_intermixed_args(argv)  # -h and usage errors end here, before torch loads
             from samft.engine.everything import everything_main
+
             return everything_main(argv)
         if mode != ["prompts"]:
             from samft.config import ConfigError

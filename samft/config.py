@@ -97,6 +97,21 @@ class TrainConfig:
 
 
 @dataclass
+class EverythingConfig:
+    """"Segment everything" (automatic masks) evaluation: tools/evaluate.py --mode everything, and
+    during training every ``every`` steps (logged as val/everything_<metric> at the best pair)."""
+
+    every: int = 0  # steps between evaluations during training (0: only with tools/evaluate.py)
+    max_images: int = 10
+    iou_grid: list[float] = field(default_factory=lambda: [0.7, 0.76, 0.82, 0.88, 0.94])
+    stability_grid: list[float] = field(default_factory=lambda: [0.8, 0.85, 0.9, 0.95, 0.98])
+    best_metric: str = "msa"  # ap | ap50 | ar100 | ar1000 | msa: picks the pair reported
+    points_per_side: int = 32  # SAM's automatic-mask recipe
+    points_per_batch: int = 64
+    crop_n_layers: int = 0
+
+
+@dataclass
 class EvalConfig:
     max_images: int = 50
     max_masks: int = 16  # per image
@@ -104,6 +119,7 @@ class EvalConfig:
     seed: int = 1234
     best_metric: str = "val/miou_point"  # checkpoints/best.pt keeps the best value of this metric
     best_mode: str = "max"  # max | min
+    everything: EverythingConfig = field(default_factory=EverythingConfig)
 
 
 @dataclass
@@ -171,6 +187,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Cannot resolve an interpolation in the config: {exc}") from None
     _check_plugins(merged)
+    _check_everything(merged.eval.everything)
     OmegaConf.set_readonly(merged, True)
     return merged
 
@@ -303,6 +320,23 @@ def _known_keys(dotted_parent: str) -> list[str]:
         if not is_dataclass(schema):
             return []
     return [f.name for f in fields(schema)]
+
+
+EVERYTHING_METRICS = ("ap", "ap50", "ar100", "ar1000", "msa")
+
+
+def _check_everything(e: DictConfig) -> None:
+    if e.best_metric not in EVERYTHING_METRICS:
+        raise ConfigError(f"eval.everything.best_metric={e.best_metric!r}: use one of {', '.join(EVERYTHING_METRICS)}.")
+    for key in ("every", "crop_n_layers"):
+        if e[key] < 0:
+            raise ConfigError(f"eval.everything.{key}={e[key]}: it must be >= 0.")
+    for key in ("max_images", "points_per_side", "points_per_batch"):
+        if e[key] < 1:
+            raise ConfigError(f"eval.everything.{key}={e[key]}: it must be >= 1.")
+    for key in ("iou_grid", "stability_grid"):
+        if not e[key] or any(not 0.0 <= v <= 1.0 for v in e[key]):
+            raise ConfigError(f"eval.everything.{key}={list(e[key])}: give one or more thresholds in [0, 1].")
 
 
 def _check_plugins(cfg: DictConfig) -> None:

@@ -145,6 +145,11 @@ VALIDATION_METRICS: dict[str, str | None] = {
     "baseline_miou_*": HIGHER,  # model-free predictors on the same prompts (disk, filled box)
     "baseline_point_radius": None,  # the disk's radius in pixels: a setting
     "num_masks": None,  # a count: no better end
+    # "segment everything" (samft.engine.everything), at the best threshold pair of the sweep
+    "everything_ap*": HIGHER,
+    "everything_ar*": HIGHER,
+    "everything_msa": HIGHER,
+    "everything_*_thresh": None,  # the pair itself: settings
 }
 
 # What the trainer logs per step. Every loss is minimised (the LOSSES contract), whatever its name

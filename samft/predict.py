@@ -167,9 +167,12 @@ def _predict(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     images = list_images(args.images)
     prompts = read_prompts(args.prompts) if args.prompts else None
-    if prompts is not None and not set(prompts) & {p.name for p in images}:
-        raise PromptsError(f"{args.prompts} names none of the images in {args.images} "
-                           f"(e.g. {next(iter(prompts), 'nothing')!r} vs {images[0].name!r}).")
+    if prompts is not None:  # images without prompts are skipped, prompts without an image ignored
+        named = [p for p in images if p.name in prompts]
+        if not named:
+            raise PromptsError(f"{args.prompts} names none of the images in {args.images} "
+                               f"(e.g. {next(iter(prompts), 'nothing')!r} vs {images[0].name!r}).")
+        images = named
     model = load_model(args.checkpoint, select_device(args.device))
     predictor = SamPredictor(model)
     generator = AutomaticMaskGenerator(
@@ -178,7 +181,7 @@ def _predict(argv: list[str]) -> int:
         crop_n_layers=args.crop_n_layers) if args.everything else None
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
-    for path in tqdm(images if prompts is None else [p for p in images if p.name in prompts], unit="image"):
+    for path in tqdm(images, unit="image", disable=None):  # a bar on a terminal, none in a job's log
         image = read_image(path)
         if generator is not None:
             anns = [{"id": i, **a} for i, a in enumerate(generator.generate(image))]
@@ -191,7 +194,7 @@ def _predict(argv: list[str]) -> int:
         if args.overlays:
             overlay(image, anns).save(args.out / f"{path.stem}.png")
         total += len(anns)
-    print(f"Wrote {total} masks for {len(images) if prompts is None else len(prompts)} images to {args.out}")
+    print(f"Wrote {total} masks for {len(images)} images to {args.out}")
     return 0
 
 

@@ -15,7 +15,6 @@ selects each pair's masks from those candidates.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import itertools
@@ -31,12 +30,11 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 from scipy.optimize import linear_sum_assignment
 
+from samft.config import EVERYTHING_METRICS as METRIC_NAMES
 from samft.data import DataError
+from samft.engine.everything_cli import parser
 
 MSA_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
-METRIC_NAMES = ("ap", "ap50", "ar100", "ar1000", "msa")
-DEFAULT_IOU_GRID = (0.7, 0.76, 0.82, 0.88, 0.94)
-DEFAULT_STABILITY_GRID = (0.8, 0.85, 0.9, 0.95, 0.98)
 
 
 def matched_count(iou: np.ndarray, threshold: float) -> int:
@@ -129,6 +127,66 @@ class EverythingResult:
         return [{"pred_iou_thresh": i, "stability_thresh": s, **m} for (i, s), m in self.sweep.items()]
 
 
+def annotation_files(folder: Path, max_images: int) -> list[Path]:
+    """The first ``max_images`` SA-1B annotation files of ``folder``, sorted (hidden files are samft's own)."""
+    json_paths = sorted(p for p in Path(folder).glob("*.json") if not p.name.startswith("."))[:max_images]
+    if not json_paths:
+        raise DataError(f"{folder} holds no SA-1B annotation files (*.json).")
+    return json_paths
+
+
+def generator_from_config(model, everything) -> Any:
+    """SAM's automatic mask generator on ``model`` with the ``eval.everything`` settings."""
+    from samft.amg import AutomaticMaskGenerator
+
+    return AutomaticMaskGenerator(model, points_per_side=everything.points_per_side,
+                                  points_per_batch=everything.points_per_batch,
+                                  crop_n_layers=everything.crop_n_layers)
+
+
+@dataclass
+class ImageScore:
+    """One image's part of the sweep: what :func:`summarise` needs (plain data, so ranks can gather it)."""
+
+    size: dict[str, int]                                   # {"height", "width"}
+    gt: list[dict]                                          # ground-truth RLEs
+    dets: dict[tuple[float, float], list[dict]]             # pair -> [{"segmentation", "score"}]
+    msa: dict[tuple[float, float], float]                   # pair -> mSA of this image
+
+
+def score_images(generator, json_paths: list[Path], pairs: list[tuple[float, float]], *,
+                 progress: bool = True) -> list[ImageScore]:
+    """Every pair's masks and mSA for each image; the model runs once per image."""
+    from tqdm import tqdm
+
+    from samft.predict import read_image
+
+    scores = []
+    for json_path in tqdm(json_paths, unit="image", disable=None if progress else True):
+        image_path, size, gt = read_ground_truth(json_path)
+        dets, msa = {}, {}
+        for pair, records in generator.sweep(read_image(image_path), pairs).items():
+            pred = [r["segmentation"] for r in records]
+            dets[pair] = [{"segmentation": r["segmentation"], "score": r["predicted_iou"]} for r in records]
+            iou = mask_utils.iou(pred, gt, [0] * len(gt)) if pred and gt else np.zeros((len(pred), len(gt)))
+            msa[pair] = mean_segmentation_accuracy(iou, len(pred), len(gt))
+        scores.append(ImageScore(size, gt, dets, msa))
+    return scores
+
+
+def summarise(scores: list[ImageScore], pairs: list[tuple[float, float]],
+              best_metric: str = "msa") -> EverythingResult:
+    """COCO AP/AR over all images and the mean mSA, per pair; the best pair by ``best_metric``."""
+    if best_metric not in METRIC_NAMES:
+        raise DataError(f"best metric {best_metric!r} is not one of {', '.join(METRIC_NAMES)}.")
+    images = [{"id": k + 1, **score.size} for k, score in enumerate(scores)]
+    gts = [score.gt for score in scores]
+    sweep = {p: {**coco_metrics(images, gts, [score.dets[p] for score in scores]),
+                 "msa": float(np.mean([score.msa[p] for score in scores])) if scores else 0.0} for p in pairs}
+    best = max(pairs, key=lambda p: sweep[p][best_metric])
+    return EverythingResult(sweep, best, best_metric, len(scores))
+
+
 def evaluate_everything(generator, json_paths: list[Path], pairs: list[tuple[float, float]], *,
                         best_metric: str = "msa", progress: bool = True) -> EverythingResult:
     """Score the generator's automatic masks at every threshold pair; the model runs once per image.
@@ -139,74 +197,39 @@ def evaluate_everything(generator, json_paths: list[Path], pairs: list[tuple[flo
         pairs: (predicted IoU, stability) thresholds.
         best_metric: one of ``ap``, ``ap50``, ``ar100``, ``ar1000``, ``msa``; picks ``best_pair``.
     """
-    from tqdm import tqdm
-
-    from samft.predict import read_image
-
     if best_metric not in METRIC_NAMES:
         raise DataError(f"best metric {best_metric!r} is not one of {', '.join(METRIC_NAMES)}.")
-    images, gts = [], []
-    dets: dict[tuple[float, float], list[list[dict]]] = {p: [] for p in pairs}
-    msa: dict[tuple[float, float], list[float]] = {p: [] for p in pairs}
-    for index, json_path in enumerate(tqdm(json_paths, unit="image", disable=not progress)):
-        image_path, size, gt = read_ground_truth(json_path)
-        images.append({"id": index + 1, **size})
-        gts.append(gt)
-        for pair, records in generator.sweep(read_image(image_path), pairs).items():
-            pred = [r["segmentation"] for r in records]
-            dets[pair].append([{"segmentation": r["segmentation"], "score": r["predicted_iou"]} for r in records])
-            iou = mask_utils.iou(pred, gt, [0] * len(gt)) if pred and gt else np.zeros((len(pred), len(gt)))
-            msa[pair].append(mean_segmentation_accuracy(iou, len(pred), len(gt)))
-    sweep = {p: {**coco_metrics(images, gts, dets[p]), "msa": float(np.mean(msa[p]))} for p in pairs}
-    best = max(pairs, key=lambda p: sweep[p][best_metric])
-    return EverythingResult(sweep, best, best_metric, len(images))
+    return summarise(score_images(generator, json_paths, pairs, progress=progress), pairs, best_metric)
 
 
-def _grid(text: str) -> tuple[float, ...]:
-    try:
-        return tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
+def logged_metrics(result: EverythingResult) -> dict[str, float]:
+    """The best pair's metrics and thresholds as logged during training (``everything_<metric>``)."""
+    iou, stability = result.best_pair
+    return {**{f"everything_{k}": v for k, v in result.sweep[result.best_pair].items()},
+            "everything_pred_iou_thresh": iou, "everything_stability_thresh": stability}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tools/evaluate.py CONFIG --mode everything", description=(
-        "Automatic-mask ('segment everything') evaluation of model.checkpoint on data.val: COCO AP/AR@100/"
-        "AR@1000 and mSA over a predicted-IoU x stability threshold grid (the model runs once per image)."))
-    p.add_argument("config")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides (model.checkpoint=..., data.val=...)")
-    p.add_argument("--json", type=Path, help="write the sweep and the best pair here")
-    p.add_argument("--iou-grid", type=_grid, default=DEFAULT_IOU_GRID, help="predicted-IoU thresholds, e.g. 0.8,0.88")
-    p.add_argument("--stability-grid", type=_grid, default=DEFAULT_STABILITY_GRID, help="stability thresholds")
-    p.add_argument("--best-metric", choices=METRIC_NAMES, default="msa")
-    p.add_argument("--points-per-side", type=int, default=32)
-    p.add_argument("--points-per-batch", type=int, default=64)
-    p.add_argument("--crop-n-layers", type=int, default=0)
-    return p
+FLAG_KEYS = ("iou_grid", "stability_grid", "best_metric", "points_per_side", "points_per_batch", "crop_n_layers")
 
 
 def everything_main(argv: list[str]) -> int:
     """``tools/evaluate.py CONFIG [key=value ...] --mode everything [--iou-grid ...] [--json FILE]``."""
-    from samft.amg import AutomaticMaskGenerator
     from samft.config import ConfigError, load
     from samft.engine.build import model_from_config
     from samft.engine.runtime import select_device
 
-    args = parser().parse_args(argv)
-    cfg = load(args.config, args.overrides)
+    args = parser().parse_intermixed_args(argv)
+    flags = [f"eval.everything.{key}={list(value) if isinstance(value, tuple) else value}"
+             for key, value in ((k, getattr(args, k)) for k in FLAG_KEYS) if value is not None]
+    cfg = load(args.config, [*args.overrides, *flags])
     if not cfg.data.val:
         raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
-    folder = Path.cwd() / cfg.data.val
-    # Hidden files are samft's own (.samft_index.json), not annotations.
-    json_paths = sorted(p for p in folder.glob("*.json") if not p.name.startswith("."))[: cfg.eval.max_images]
-    if not json_paths:
-        raise DataError(f"{folder} holds no SA-1B annotation files (*.json).")
+    everything = cfg.eval.everything
+    json_paths = annotation_files(Path.cwd() / cfg.data.val, everything.max_images)
     model = model_from_config(cfg, Path.cwd()).to(select_device(cfg.train.device)).eval()
-    generator = AutomaticMaskGenerator(model, points_per_side=args.points_per_side,
-                                       points_per_batch=args.points_per_batch, crop_n_layers=args.crop_n_layers)
-    pairs = list(itertools.product(args.iou_grid, args.stability_grid))
-    result = evaluate_everything(generator, json_paths, pairs, best_metric=args.best_metric,
-                                 progress=cfg.train.progress)
+    pairs = list(itertools.product(everything.iou_grid, everything.stability_grid))
+    result = evaluate_everything(generator_from_config(model, everything), json_paths, pairs,
+                                 best_metric=everything.best_metric, progress=cfg.train.progress)
     _print(result)
     if args.json is not None:
         args.json.write_text(json.dumps({"num_images": result.num_images, "best_metric": result.best_metric,

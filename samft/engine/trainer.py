@@ -14,6 +14,7 @@ values stay on the device and are read at log steps only, reduced over ranks, in
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -465,6 +466,9 @@ class Trainer:
                     log.info("%s", console.format_step(self.step, cfg.train.steps, record))
             if self.val_set is not None and (self.step % cfg.train.val_every == 0 or self.step == cfg.train.steps):
                 val_metrics.update(self.validate(tracker))
+            every = cfg.eval.everything.every
+            if self.val_set is not None and every and (self.step % every == 0 or self.step == cfg.train.steps):
+                val_metrics.update(self.validate_everything(tracker))
             if self.step % cfg.train.checkpoint_every == 0 or self.step == cfg.train.steps:
                 self.save(last)
         progress.close()
@@ -499,6 +503,34 @@ class Trainer:
             stacked = {k: torch.stack([ex[k] for ex in result.examples]) for k in result.examples[0]}
             tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
                                  stacked["point_labels"], step=self.step, tag="val")
+        self._keep_best(metrics)
+        log.info("%s", console.format_validation(self.step, metrics))
+        return metrics
+
+    def validate_everything(self, tracker: Tracker) -> dict[str, float]:
+        """"Segment everything" over the first ``eval.everything.max_images`` val images: each rank
+        runs SAM's automatic mask generator on its share, rank 0 scores them all (COCO AP/AR, mSA
+        over the threshold grid) and every rank gets the best pair's metrics."""
+        from samft.engine import everything as amg_eval
+
+        e = self.cfg.eval.everything
+        files = amg_eval.annotation_files(self.val_set.root, e.max_images)
+        pairs = list(itertools.product(e.iou_grid, e.stability_grid))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            generator = amg_eval.generator_from_config(self.model, e)
+            mine = amg_eval.score_images(generator, files[self.dist.rank::self.dist.world_size], pairs, progress=False)
+        finally:
+            self.model.train(was_training)
+        shares = dist.gather(mine)
+
+        def summary() -> dict[str, float]:
+            scores = [score for share in shares for score in share]
+            return amg_eval.logged_metrics(amg_eval.summarise(scores, pairs, e.best_metric))
+
+        metrics = {f"val/{k}": v for k, v in dist.on_main(summary).items()}
+        tracker.log_metrics(metrics, step=self.step)
         self._keep_best(metrics)
         log.info("%s", console.format_validation(self.step, metrics))
         return metrics

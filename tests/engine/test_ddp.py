@@ -12,6 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+sys.path.insert(0, str(Path(__file__).parent))
+from two_ranks import TORCHRUN, kill_tree  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 
 HELPER = Path(__file__).with_name("ddp_run.py")
@@ -21,8 +24,7 @@ TIMEOUT = 300  # seconds; a run here takes ~10-40 s on 2 cores, a hang would tak
 def torchrun(data, out, fault="none", *overrides, expect=0):
     """Launch 2 ranks; returns (rank 0 result, rank 1 result, stderr)."""
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(HELPER),
-           str(data), str(out), fault, *overrides]
+    cmd = [*TORCHRUN, str(HELPER), str(data), str(out), fault, *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
@@ -34,18 +36,6 @@ def torchrun(data, out, fault="none", *overrides, expect=0):
     assert proc.returncode == expect, stderr[-4000:]
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     return ranks[0], ranks[1], stderr
-
-
-def kill_tree(pid):
-    """SIGKILL torchrun and its workers (which run in sessions of their own, out of its process group)."""
-    import psutil
-
-    parent = psutil.Process(pid)
-    for process in [*parent.children(recursive=True), parent]:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.NoSuchProcess:
-            pass
 
 
 def assert_same(a, b):

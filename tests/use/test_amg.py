@@ -7,6 +7,7 @@ from segment_anything import SamAutomaticMaskGenerator
 
 from samft.amg import SAM_DEFAULTS, AutomaticMaskGenerator
 from samft.export import load_model
+from samft.registry import METRICS
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +53,22 @@ def test_sweep_runs_the_model_once_and_gives_each_pairs_masks(model, test_image)
         assert swept[(iou, stab)] == expected
         counts.append(len(expected))
     assert counts == sorted(counts, reverse=True) and counts[0] > counts[-1], counts
+
+
+def test_stability_filter_uses_the_registered_metric(model, test_image, monkeypatch):
+    """A stability_score registered in METRICS (a plugin's, say) is what the generator filters and reports."""
+    calls = []
+
+    def constant_stability(logits, mask_threshold=0.0, offset=1.0):
+        calls.append((mask_threshold, offset))
+        return torch.full((len(logits),), 0.75)
+
+    monkeypatch.setitem(METRICS._entries, "stability_score", constant_stability)
+    settings = dict(points_per_side=4, pred_iou_thresh=0.0, stability_score_offset=0.5)
+    kept = AutomaticMaskGenerator(model, stability_score_thresh=0.7, **settings).generate(test_image)
+    assert kept and {r["stability_score"] for r in kept} == {0.75}
+    assert AutomaticMaskGenerator(model, stability_score_thresh=0.8, **settings).generate(test_image) == []
+    assert set(calls) == {(model.mask_threshold, 0.5)}
 
 
 def test_select_refuses_thresholds_looser_than_the_candidates(model, test_image):

@@ -77,7 +77,7 @@ def test_evaluate_mode_everything_end_to_end(trained_run, demo_data, tmp_path, c
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     out = tmp_path / "everything.json"
     code = evaluate_main([REPO_CONFIG, f"model.checkpoint={trained_run / 'checkpoints' / 'best.pt'}",
-                          "model.image_size=64", f"data.val={demo_data / 'val'}", "eval.max_images=2",
+                          "model.image_size=64", f"data.val={demo_data / 'val'}", "eval.everything.max_images=2",
                           "train.progress=false", "--mode", "everything", "--points-per-side", "4",
                           "--iou-grid", "0.0,0.5", "--stability-grid", "0.0,0.9", "--json", str(out)])
     assert code == 0
@@ -87,3 +87,35 @@ def test_evaluate_mode_everything_end_to_end(trained_run, demo_data, tmp_path, c
     assert "Best msa on 2 images" in capsys.readouterr().out
     assert evaluate_main([REPO_CONFIG, "--mode", "everyting"]) == 2
     assert "use --mode prompts (default) or everything" in capsys.readouterr().err
+
+
+def test_segment_everything_is_validated_during_training_and_can_pick_the_best_checkpoint(demo_data, tmp_path):
+    """eval.everything.every=2: the automatic-mask metrics at the sweep's best pair are logged with the
+    other validation metrics, and best.pt can follow one of them."""
+    from samft.config import load
+    from samft.engine.trainer import Trainer
+
+    cfg = load(REPO_CONFIG, [
+        f"data.train={demo_data / 'train'}", f"data.val={demo_data / 'val'}", "data.num_workers=0",
+        "data.max_masks=3", "model.image_size=64", "prompts.correction_clicks=1", "prompts.extra_rounds=1",
+        "train.progress=false", "tracking.enabled=false", f"train.output_dir={tmp_path}", "train.steps=4",
+        "train.val_every=100", "eval.everything.every=2", "eval.everything.max_images=2",
+        "eval.everything.points_per_side=4", "eval.everything.iou_grid=[0.0,0.5]",
+        "eval.everything.stability_grid=[0.0,0.9]", "eval.best_metric=val/everything_ar100",
+    ])
+    result = Trainer(cfg).fit()
+    keys = {"val/everything_ap", "val/everything_ap50", "val/everything_ar100", "val/everything_ar1000",
+            "val/everything_msa", "val/everything_pred_iou_thresh", "val/everything_stability_thresh"}
+    assert keys <= set(result.val_metrics)
+    assert result.val_metrics["val/everything_pred_iou_thresh"] in (0.0, 0.5)
+    assert 0.0 <= result.val_metrics["val/everything_msa"] <= 1.0
+    assert (result.run_dir / "checkpoints" / "best.pt").is_file()
+
+
+@pytest.mark.parametrize("override", ["eval.everything.best_metric=map", "eval.everything.every=-1",
+                                      "eval.everything.iou_grid=[0.5,1.5]", "eval.everything.points_per_side=0"])
+def test_bad_everything_settings_are_refused_at_load(override):
+    from samft.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load(REPO_CONFIG, [override])

@@ -51,6 +51,43 @@ def test_prompts_give_sam_predictors_masks_one_encoding_per_image(trained_run, i
         assert ann["area"] == int(masks[best].sum())
 
 
+def run_with_prompts_for_two_of_three_images(trained_run, images, tmp_path):
+    """Prompts for a.png and b.png, and for an image that is not in the folder; c.png has none."""
+    Image.open(images / "a.png").save(images / "c.png")
+    (tmp_path / "p.json").write_text(json.dumps({"a.png": PROMPTS, "b.png": PROMPTS[:1], "gone.png": PROMPTS}))
+    out = tmp_path / "out"
+    assert predict_main([str(trained_run), str(images), "--out", str(out), "--prompts", str(tmp_path / "p.json"),
+                         "--batch-size", "2"]) == 0
+    return out
+
+
+def test_summary_counts_the_images_processed_and_no_bar_off_a_terminal(trained_run, images, tmp_path, capsys):
+    out = run_with_prompts_for_two_of_three_images(trained_run, images, tmp_path)
+    captured = capsys.readouterr()  # not a terminal: as in a batch job's log
+    assert captured.out == f"Wrote {len(PROMPTS) + 1} masks for 2 images to {out}\n"
+    assert "%|" not in captured.err, captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
+
+
+def test_each_image_is_encoded_once_and_its_prompts_decoded_in_batches(trained_run, images, tmp_path, monkeypatch):
+    import samft.export
+
+    calls = []  # "encode", or the number of prompts of one mask-decoder call
+
+    def load_and_count(*args, **kwargs):
+        model = load_model(*args, **kwargs)
+        model.image_encoder.register_forward_hook(lambda *_: calls.append("encode"))
+        model.mask_decoder.register_forward_hook(
+            lambda _m, _a, kw, _o: calls.append(len(kw["sparse_prompt_embeddings"])), with_kwargs=True)
+        return model
+
+    monkeypatch.setattr(samft.export, "load_model", load_and_count)
+    run_with_prompts_for_two_of_three_images(trained_run, images, tmp_path)
+    # a.png: the 2 single clicks in one batch of --batch-size 2, then the box, the 2-point and the
+    # click+box prompt (one of each shape); b.png: its click.
+    assert calls == ["encode", 2, 1, 1, 1, "encode", 1]
+
+
 def test_everything_writes_the_generators_masks(trained_run, images, tmp_path):
     out = tmp_path / "out"
     assert predict_main([str(trained_run), str(images), "--out", str(out), "--everything", "--points-per-side", "4",
