@@ -65,7 +65,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--images", type=int, default=12)
     parser.add_argument("--passes", type=int, default=3)
     parser.add_argument("--max-masks", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2, help="also time a DataLoader with this many workers (0: skip)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="also time a DataLoader with this many workers (0: skip)")
     parser.add_argument("--data", type=Path, default=Path(tempfile.gettempdir()) / "samft_bench_sa1b",
                         help="data folder (created once, reused)")
     args = parser.parse_args(argv)

@@ -192,12 +192,13 @@ def report(args, times: dict[str, list[float]], memory: dict[str, int]) -> None:
     base, base_mem = min(times["baseline"]), memory["baseline"]
     print(f"\nsam objective, {args.masks} masks x {args.outputs} outputs x {args.size} x {args.size}, "
           f"device {args.device}, {torch.get_num_threads()} threads, {args.reps} reps (min / median)")
-    print(f"| variant | fwd+bwd min ms | median ms | vs baseline | fwd only ms | peak extra MiB | vs baseline |")
+    print("| variant | fwd+bwd min ms | median ms | vs baseline | fwd only ms | peak extra MiB | vs baseline |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name in VARIANTS:
         best = min(times[name])
         print(f"| {name} | {best * 1e3:.1f} | {statistics.median(times[name]) * 1e3:.1f} | {best / base:.3f}x | "
-              f"{min(times['forward:' + name]) * 1e3:.1f} | {memory[name] / 2**20:.1f} | {memory[name] / base_mem:.3f}x |")
+              f"{min(times['forward:' + name]) * 1e3:.1f} | {memory[name] / 2**20:.1f} | "
+              f"{memory[name] / base_mem:.3f}x |")
     read = min(times["read"])
     print(f"| read floor (logits.sum()) | {read * 1e3:.2f} | {statistics.median(times['read']) * 1e3:.2f} | "
           f"{read / base:.4f}x | | | |")

@@ -56,9 +56,8 @@ def _train(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     from samft.config import load
-    from samft.engine.trainer import Trainer
-
     from samft.engine.threads import apply_threads
+    from samft.engine.trainer import Trainer
 
     cfg = load(argv[0], argv[1:])
     # Here, not in Trainer: a process-wide setting belongs to the process's entry point (tests and
@@ -125,12 +124,13 @@ def _evaluate(argv: list[str]) -> int:
             raise ConfigError(f"--mode {' '.join(mode) or '(missing)'}: use --mode prompts (default) or everything.")
     import json
 
+    from torch.utils.data import DataLoader
+
     from samft.config import ConfigError, load
+    from samft.data import collate_masks
+    from samft.engine.build import dataset_from_config, model_from_config
     from samft.engine.evaluate import evaluate
     from samft.engine.runtime import make_runtime
-    from samft.engine.build import dataset_from_config, model_from_config
-    from torch.utils.data import DataLoader
-    from samft.data import collate_masks
 
     json_out = None
     if "--json" in argv:

@@ -13,7 +13,6 @@ prompts are decoded in batches of equal shape.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from collections import defaultdict

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
 from samft.config import ConfigError, load, to_yaml
 
@@ -108,7 +109,7 @@ def test_malformed_override_and_missing_file_are_clear(tmp_path):
 
 def test_config_is_read_only_and_round_trips_through_yaml(tmp_path):
     cfg = load(CONFIGS / "demo.yaml", ["train.steps=12"])
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.train.steps = 5
     saved = write(tmp_path / "saved.yaml", to_yaml(cfg))
     again = load(saved)

@@ -25,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tracking-uri", default=None,
                         help="default: $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db")
     parser.add_argument("--metrics", default=None, help="comma-separated metric keys (default: all but system/*)")
-    parser.add_argument("--maximize", default=None, help="metrics whose best is the maximum (for metrics samft does not declare)")
-    parser.add_argument("--minimize", default=None, help="metrics whose best is the minimum (for metrics samft does not declare)")
+    parser.add_argument("--maximize", default=None,
+                        help="metrics whose best is the maximum (for metrics samft does not declare)")
+    parser.add_argument("--minimize", default=None,
+                        help="metrics whose best is the minimum (for metrics samft does not declare)")
     parser.add_argument("--max-runs", type=int, default=100, help="newest runs compared (default 100)")
     parser.add_argument("--out", type=Path, default=None, help="folder for report.md, runs.csv and curves/")
     args = parser.parse_args(argv)

@@ -1,5 +1,8 @@
 #!/usr/bin/env python
-"""Masks from a fine-tuned SAM: ``python tools/predict.py CHECKPOINT IMAGES_DIR --out OUT [--prompts P.json | --everything]``."""
+"""Masks from a fine-tuned SAM.
+
+``python tools/predict.py CHECKPOINT IMAGES_DIR --out OUT [--prompts P.json | --everything]``
+"""
 
 import sys
 from pathlib import Path

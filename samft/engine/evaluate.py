@@ -14,23 +14,22 @@ median of all masks, known only at the end, so each mask keeps its overlap with 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
-
-import math
 
 import numpy as np
 import torch
 from scipy import ndimage
 from segment_anything.modeling import Sam
 
+from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
 from samft.engine import distributed as dist
-from samft.engine.runtime import Runtime
 from samft.engine.interactive import Rounds, run_rounds
+from samft.engine.runtime import Runtime
 from samft.engine.step import encode_images, to_device
 from samft.models import best_output, upscale
-from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
 from samft.registry import METRICS
 
 

@@ -29,8 +29,16 @@ def parser() -> argparse.ArgumentParser:
 
 def _export(argv: list[str]) -> int:
     args = parser().parse_args(argv)
-    from samft.export import (ExportError, check_decoder_onnx, check_encoder_onnx, export_decoder_onnx,
-                              export_encoder_onnx, export_sam, load_model, resolve)
+    from samft.export import (
+        ExportError,
+        check_decoder_onnx,
+        check_encoder_onnx,
+        export_decoder_onnx,
+        export_encoder_onnx,
+        export_sam,
+        load_model,
+        resolve,
+    )
 
     ckpt = resolve(args.checkpoint)
     model = load_model(args.checkpoint)

@@ -351,7 +351,8 @@ def _sam_inputs(logits, target, valid, candidates):
     if target.dim() == 4 and target.shape[1] == 1:
         target = target[:, 0]
     if tuple(target.shape) != (n, h, w):
-        raise ValueError(f"target must be [N, H, W] = {(n, h, w)} for logits {tuple(logits.shape)}; got {tuple(target.shape)}.")
+        raise ValueError(f"target must be [N, H, W] = {(n, h, w)} for logits {tuple(logits.shape)}; "
+                         f"got {tuple(target.shape)}.")
     flat, weight = _binary_target(target.to(compute_dtype(logits)), valid)
     if candidates is None:
         candidates = torch.ones(n, m, dtype=torch.bool, device=logits.device)

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from samft.tracking import plots, params, store, system
+from samft.tracking import params, plots, store, system
 from samft.tracking.store import TrackingError
 
 logger = logging.getLogger(__name__)
@@ -335,13 +335,13 @@ class Tracker:
         try:
             while self._buffer:
                 chunk = self._buffer[: params.MAX_METRICS_PER_BATCH]
-                self._send(lambda: self._client.log_batch(self.run_id, metrics=chunk),
+                self._send(lambda chunk=chunk: self._client.log_batch(self.run_id, metrics=chunk),
                            f"{len(chunk)} metric values")
                 del self._buffer[: len(chunk)]
             while self._pending_artifacts:
                 path, artifact_path = self._pending_artifacts[0]
                 if path.exists():
-                    self._send(lambda: self._upload(path, artifact_path), f"artifact {path}")
+                    self._send(lambda p=path, a=artifact_path: self._upload(p, a), f"artifact {path}")
                 self._pending_artifacts.pop(0)
         except Exception as err:  # any server/network/store failure: keep the data, go on
             self._on_failure(err)

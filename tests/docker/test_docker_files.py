@@ -8,10 +8,10 @@ import re
 import shutil
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 yaml = pytest.importorskip("yaml")
 
@@ -124,7 +124,7 @@ def test_every_installed_package_is_pinned(dockerfile) -> None:
     assert names - {"torch", "torchvision"} <= set(pins), "pin every project dependency"
     # Explicit pins in RUN lines must agree with the constraints file.
     for stage in dockerfile.values():
-        for keyword, args in stage:
+        for _keyword, args in stage:
             for name, version in re.findall(r'"([\w-]+)(?:\[\w+\])?==([\d.]+)"', args):
                 assert pins[name] == version, name
     trainer_run = " ".join(a for k, a in dockerfile["trainer"] if k == "RUN")

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 import samft.engine.evaluate as evaluation
-from samft.config import load
 from samft.data import SA1BDataset, collate_masks
 from samft.engine.evaluate import center_points, evaluate
 from samft.engine.runtime import make_runtime
@@ -87,8 +86,8 @@ def test_baselines_match_hand_computed_box_and_disk():
 
     import numpy as np
 
-    from samft.engine.evaluate import DiskBaseline, filled_boxes
     from samft.data.prompts import tight_boxes
+    from samft.engine.evaluate import DiskBaseline, filled_boxes
 
     rng = np.random.default_rng(0)
     masks = np.zeros((3, 20, 24), bool)

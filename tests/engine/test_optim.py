@@ -1,7 +1,6 @@
 """Parameter groups: no weight decay on biases and norms, encoder lr, layer-wise lr decay."""
 
 import pytest
-import torch
 
 from samft.engine.optim import param_groups
 from samft.models import build_model, freeze

@@ -18,7 +18,8 @@ PER_MASK = {
     "soft_iou": soft_iou,
     "lovasz_hinge": lovasz_hinge,
     "lovasz_batch": lambda x, t, **kw: lovasz_hinge(x, t, per_image=False, **kw),
-    "generalized_dice": lambda x, t, **kw: generalized_dice(x[:, None].expand(-1, 2, -1, -1), t[:, None].expand(-1, 2, -1, -1), **kw),
+    "generalized_dice": lambda x, t, **kw: generalized_dice(x[:, None].expand(-1, 2, -1, -1),
+                                                            t[:, None].expand(-1, 2, -1, -1), **kw),
     "generalized_dice_softmax": lambda x, t, **kw: generalized_dice(
         torch.stack([x, -x], 1), torch.stack([t, 1 - t], 1), activation="softmax", **kw),
     "sam_mask": lambda x, t, **kw: sam_mask(x, t, **kw)["loss"],

@@ -124,7 +124,8 @@ def test_checkpoint_of_another_model_is_explained(tmp_path):
 
 def test_checkpoint_for_another_input_size_is_explained(tmp_path):
     torch.save(build_model("vit_tiny", 256).state_dict(), tmp_path / "big.pth")
-    with pytest.raises(CheckpointError, match=r"3 keys of another shape.*\(31, 48\) vs model \(15, 48\).*model.image_size"):
+    shapes = r"3 keys of another shape.*\(31, 48\) vs model \(15, 48\).*model.image_size"
+    with pytest.raises(CheckpointError, match=shapes):
         load_weights(build_model("vit_tiny", 128), tmp_path / "big.pth", "vit_tiny")
 
 
@@ -157,7 +158,7 @@ def test_activation_checkpointing_keeps_gradients():
             checkpoint_activations(model)  # idempotent
         calls = []
         for block in model.image_encoder.blocks:
-            block.attn.register_forward_pre_hook(lambda *_: calls.append(1))
+            block.attn.register_forward_pre_hook(lambda *_, calls=calls: calls.append(1))
         images = torch.randint(0, 256, (1, 3, 64, 64), generator=torch.Generator().manual_seed(1)).to(torch.uint8)
         emb = model.image_encoder(preprocess(model, images, torch.ones(1, 64, 64, dtype=torch.bool)))
         emb.square().mean().backward()

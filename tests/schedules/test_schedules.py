@@ -172,7 +172,8 @@ def test_as_schedule_accepts_numbers_schedules_and_specs():
 @pytest.mark.parametrize(("steps", "milestones"), [(1, (1, 1)), (2, (1, 2)), (3, (2, 3))])
 def test_recipe_schedule_builds_for_very_short_runs(steps, milestones):
     """SAM's two lr drops at 2/3 and 96% of a run round to equal steps in runs of one step."""
-    cfg = OmegaConf.create({"train": {"steps": steps}, "schedule": OmegaConf.load(REPO / "configs" / "sam_ft.yaml").schedule})
+    recipe = OmegaConf.load(REPO / "configs" / "sam_ft.yaml").schedule
+    cfg = OmegaConf.create({"train": {"steps": steps}, "schedule": recipe})
     OmegaConf.resolve(cfg)
     lr = SCHEDULES.build(cfg.schedule)
     assert lr.after.milestones == milestones

@@ -5,7 +5,8 @@ Every fenced ``bash`` block runs command by command (a block's ``VAR=...`` lines
 later commands) in a temporary folder holding ``configs/`` and ``tools/`` of this clone, with
 ``.venv/bin/python`` (or ``python``) replaced by the interpreter running this test, which is
 ``.venv/bin/python`` under ``make test``. Only sizes shrink: training and evaluation get the tiny
-overrides of conftest.py appended, the demo data has 8 images, distance maps use one process. ``make demo`` runs the Makefile's own demo recipe.
+overrides of conftest.py appended, the demo data has 8 images, distance maps use one process.
+``make demo`` runs the Makefile's own demo recipe.
 ``annotations/`` and ``train2017/``/``val2017/`` hold a small COCO dataset made here, standing in for
 the user's. ``console`` blocks are transcripts: each ``$`` command must print the shown lines
 (``...`` matches anything). ``python`` blocks run as scripts.
@@ -85,7 +86,7 @@ def write_coco(root: Path, split: str, images: int, seed: int) -> None:
     coco = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
     for i in range(images):
         pixels = rng.integers(0, 80, (120, 160, 3), dtype=np.uint8)
-        for k in range(3):
+        for _ in range(3):
             x, y, w, h = int(rng.integers(5, 90)), int(rng.integers(5, 60)), 40, 30
             pixels[y:y + h, x:x + w] = rng.integers(120, 255, 3)
             coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": i + 1, "category_id": 1,
@@ -103,7 +104,8 @@ class ReadmeRun:
     def __init__(self, cwd: Path, env: dict[str, str], tiny_train: list[str], tiny_eval: list[str]) -> None:
         self.cwd, self.env = cwd, env
         self.tiny = {"tools/train.py": tiny_train, "tools/evaluate.py": tiny_eval,
-                     "tools/make_demo_data.py": ["--images", "8"], "tools/precompute_distance_maps.py": ["--workers", "1"]}
+                     "tools/make_demo_data.py": ["--images", "8"],
+                     "tools/precompute_distance_maps.py": ["--workers", "1"]}
         self.ran: list[str] = []
         self.seconds: list[float] = []
         self.skipped: list[tuple[str, str]] = []

@@ -9,8 +9,15 @@ import pytest
 import torch
 
 from samft.tracking import plots
-from samft.tracking.compare import (Comparison, MetricSummary, RunSummary, differing_params,
-                                    format_table, summarize, table_rows)
+from samft.tracking.compare import (
+    Comparison,
+    MetricSummary,
+    RunSummary,
+    differing_params,
+    format_table,
+    summarize,
+    table_rows,
+)
 
 
 def test_images_hwc_layouts_and_ranges() -> None:

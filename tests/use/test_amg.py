@@ -1,6 +1,5 @@
 """samft's automatic mask generator gives SamAutomaticMaskGenerator's masks, and sweeps with one model pass."""
 
-import numpy as np
 import pytest
 import torch
 from segment_anything import SamAutomaticMaskGenerator
