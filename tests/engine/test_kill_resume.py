@@ -73,7 +73,7 @@ def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_ends(demo_
     for _ in range(3):
         before = step_of(last)
         proc = run(command(demo_data, tmp_path / "out", steps), tmp_path)
-        wait_for(lambda: step_of(last) > before, proc, may_finish=True)  # resumed, wrote a checkpoint
+        wait_for(lambda b=before: step_of(last) > b, proc, may_finish=True)  # resumed, wrote a checkpoint
         time.sleep(rng.uniform(0.0, 0.4))
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=60)
