@@ -62,12 +62,12 @@ def timed(fn, steps: int, warmup: int) -> list[float]:
 
 def bare_step(model, optimizer, batch, size):
     """The same math written by hand: encoder, per-image prompt encoder + decoder, SAM loss, AdamW."""
-    images = (batch["images"].float() - model.pixel_mean) / model.pixel_std * batch["valid"][:, None]
+    images = (batch.images.float() - model.pixel_mean) / model.pixel_std * batch.valid[:, None]
     embeddings = model.image_encoder(images)
     logits, ious = [], []
     for b in range(images.shape[0]):
-        rows = batch["image_index"] == b
-        sparse, dense = model.prompt_encoder(points=(batch["points"][rows], batch["point_labels"][rows]),
+        rows = batch.image_index == b
+        sparse, dense = model.prompt_encoder(points=(batch.points[rows], batch.point_labels[rows]),
                                              boxes=None, masks=None)
         masks, iou = model.mask_decoder.predict_masks(embeddings[b : b + 1], model.prompt_encoder.get_dense_pe(),
                                                       sparse, dense)
@@ -75,7 +75,7 @@ def bare_step(model, optimizer, batch, size):
         ious.append(iou)
     logits, ious = torch.cat(logits), torch.cat(ious)
     targets = loss_targets(batch, size)
-    out = sam(logits, targets["target"], iou_pred=ious, candidates=output_candidates(batch["point_labels"]),
+    out = sam(logits, targets["target"], iou_pred=ious, candidates=output_candidates(batch.point_labels),
               valid=targets["valid"], num_masks=float(logits.shape[0]))
     optimizer.zero_grad(set_to_none=True)
     out["loss"].backward()
@@ -128,7 +128,7 @@ def recipe_step(data: Path, out: Path, masks: int) -> list[tuple[str, int, int, 
         "schedule={name: constant, value: 1.0}", "train.steps=1000000"])
     trainer = Trainer(cfg, project_root=out)
     batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
-    repeat = -(-masks // batch["masks"].shape[0])
+    repeat = -(-masks // batch.masks.shape[0])
     for key in ("masks", "points", "point_labels", "image_index"):
         batch[key] = batch[key].repeat_interleave(repeat, 0)[:masks]
     rows = []

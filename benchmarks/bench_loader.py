@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     base = DecodeAllDataset(root, image_size=1024, max_masks=args.max_masks)
     for i in range(len(ours)):  # same work: identical items
         a, b = ours[i], base[i]
-        assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["points"], b["points"])
+        assert torch.equal(a.masks, b.masks) and torch.equal(a.points, b.points)
     times = {"sampled only (samft)": [], "decode all (baseline)": []}
     for p in range(passes):
         times["sampled only (samft)"].append(_time_pass(ours, p + 1))
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
                                              persistent_workers=True, prefetch_factor=2)
         list(loader)  # start the workers
         started = time.perf_counter()
-        count = sum(b["images"].shape[0] for _ in range(passes) for b in loader)
+        count = sum(b.images.shape[0] for _ in range(passes) for b in loader)
         r = count / (time.perf_counter() - started)
         print(f"{'samft, DataLoader x' + str(args.workers):<28}{r:>10.2f}{1000 / r:>10.1f}{r / baseline:>12.2f}x"
               f"  (items cross the process boundary; {os.cpu_count()} cores)")

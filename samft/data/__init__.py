@@ -6,7 +6,7 @@ The engine's contract::
     loader = DataLoader(ds, batch_size=B, collate_fn=collate_masks)
 """
 
-from samft.data.collate import collate_masks
+from samft.data.collate import Batch, collate_masks
 from samft.data.errors import BadFile, DataError
 from samft.data.prompts import (
     append_clicks, pad_prompts, sample_boxes, sample_correction_clicks, sample_points, sample_prompts,
@@ -14,6 +14,6 @@ from samft.data.prompts import (
 from samft.data.sa1b import SA1BDataset
 
 __all__ = [
-    "BadFile", "DataError", "SA1BDataset", "append_clicks", "collate_masks", "pad_prompts", "sample_boxes",
+    "BadFile", "Batch", "DataError", "SA1BDataset", "append_clicks", "collate_masks", "pad_prompts", "sample_boxes",
     "sample_correction_clicks", "sample_points", "sample_prompts",
 ]

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from samft.data import collate_masks
+from samft.data import Batch, collate_masks
 from samft.data.sa1b import SKIPPED
 
 # Bump when resize/pad/normalisation change: every cached embedding is then recomputed.
@@ -119,10 +119,9 @@ class _WithCachedEmbeddings(Dataset):
         return item
 
 
-def _collate_with_embeddings(items: list[dict[str, Any]]) -> dict[str, Any]:
-    batch = collate_masks(items)
-    batch["cached_embeddings"] = [it["cached_embedding"] for it in items if SKIPPED not in it]
-    return batch
+def _collate_with_embeddings(items: list[dict[str, Any]]) -> Batch:
+    return collate_masks(items).replace(cached_embeddings=[it["cached_embedding"] for it in items
+                                                           if SKIPPED not in it])
 
 
 def with_cached_embeddings(dataset: Dataset, cache: EmbeddingCache) -> tuple[Dataset, Any]:

@@ -24,6 +24,7 @@ import torch
 from scipy import ndimage
 from segment_anything.modeling import Sam
 
+from samft.data import Batch
 from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
 from samft.engine import distributed as dist
 from samft.engine.interactive import Rounds, run_rounds
@@ -106,7 +107,7 @@ class EvalResult:
 
 
 @torch.no_grad()
-def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *, max_images: int,
+def evaluate(model: Sam, batches: Iterable[Batch], runtime: Runtime, *, max_images: int,
              max_masks: int, multimask: bool = True, clicks: int = 0, seed: int = 0,
              keep_examples: int = 0) -> EvalResult:
     """Single-prompt and interactive accuracy over up to ``max_images`` images.
@@ -137,14 +138,14 @@ def evaluate(model: Sam, batches: Iterable[dict[str, Any]], runtime: Runtime, *,
             break
         batch = _first_masks(to_device(batch, runtime.device), max_masks)
         with runtime.autocast():
-            embeddings = encode_images(model, batch)
+            embeddings = encode_images(model, batch.images, batch.valid)
         scores = _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator)
         binary = scores.pop("_binary")
-        disk.add(batch["masks"].bool(), scores.pop("_points"), batch["valid"][batch["image_index"]])
+        disk.add(batch.masks.bool(), scores.pop("_points"), batch.valid[batch.image_index])
         for key, value in scores.items():
             values.setdefault(key, []).append(value.float().cpu())
         examples += _examples(batch, binary, keep_examples - len(examples))
-        seen += batch["images"].shape[0]
+        seen += batch.num_images
     model.train(was_training)
     metrics = mean_over_ranks(values, runtime.device)
     metrics.update(disk.result())
@@ -166,14 +167,13 @@ def mean_over_ranks(values: dict[str, list[torch.Tensor]], device: torch.device)
 
 def _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator) -> dict[str, torch.Tensor]:
     """Per-mask scores of one batch under every evaluation protocol."""
-    masks = batch["masks"].bool()
+    masks = batch.masks.bool()
     n = masks.shape[0]
-    valid = batch["valid"][batch["image_index"]]
-    point = {**batch, "points": center_points(masks), "point_labels": torch.full((n, 1), POSITIVE,
-                                                                               device=masks.device)}
+    valid = batch.valid[batch.image_index]
+    point = batch.replace(points=center_points(masks), point_labels=torch.full((n, 1), POSITIVE, device=masks.device))
     boxes, _ = tight_boxes(masks)  # masks are non-empty here (see _first_masks)
     corners = torch.tensor([BOX_TOP_LEFT, BOX_BOTTOM_RIGHT], device=masks.device)
-    box = {**batch, "points": boxes.view(n, 2, 2), "point_labels": corners.expand(n, 2)}
+    box = batch.replace(points=boxes.view(n, 2, 2), point_labels=corners.expand(n, 2))
     with runtime.autocast():
         rounds = run_rounds(model, embeddings, point, Rounds(correction_clicks=clicks), multimask=multimask,
                             resolution="low_res", generator=generator)
@@ -193,7 +193,7 @@ def _score_batch(model, embeddings, batch, runtime, multimask, clicks, generator
         "stability_point": stability,
         "stable_share_point": (stability >= 0.95).float(),
         "_binary": binary,
-        "_points": point["points"],
+        "_points": point.points,
     }
     if clicks:
         final = (_chosen(rounds[-1], masks.shape[-1])[0] > 0) & valid
@@ -209,28 +209,27 @@ def _chosen(pred, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return logits, pred.iou_pred[rows, chosen].float()
 
 
-def _first_masks(batch: dict[str, Any], max_masks: int) -> dict[str, Any]:
+def _first_masks(batch: Batch, max_masks: int) -> Batch:
     """Keep at most ``max_masks`` masks per image (the first ones, for a stable evaluation set)."""
-    index = batch["image_index"]
+    index = batch.image_index
     rank = torch.zeros_like(index)
     for b in torch.unique(index):
         rows = index == b
         rank[rows] = torch.arange(int(rows.sum()), device=index.device)
-    keep = (rank < max_masks) & batch["masks"].flatten(1).any(1)
-    per_mask = {"masks", "points", "point_labels", "image_index", "dist_maps"}
-    return {k: (v[keep] if k in per_mask and isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+    keep = (rank < max_masks) & batch.masks.flatten(1).any(1)
+    return batch.select_masks(keep)
 
 
 def _examples(batch, binary, count: int) -> list[dict[str, Any]]:
     """Up to ``count`` single-mask examples (image, ground truth, centre-point prediction) for overlays,
     one per image (its first mask): each overlay row shows another image."""
-    index = batch["image_index"].tolist()
+    index = batch.image_index.tolist()
     rows = [index.index(image) for image in dict.fromkeys(index)][: max(count, 0)]
-    points = center_points(batch["masks"][rows].bool()) if rows else None
+    points = center_points(batch.masks[rows].bool()) if rows else None
     labels = torch.full((len(rows), 1), POSITIVE)
     return [{
-        "image": batch["images"][batch["image_index"][i]].cpu(),
-        "gt": batch["masks"][i].cpu().bool(),
+        "image": batch.images[batch.image_index[i]].cpu(),
+        "gt": batch.masks[i].cpu().bool(),
         "pred": binary[i].cpu(),
         "points": points[j].cpu(),
         "point_labels": labels[j],

@@ -15,12 +15,12 @@ the number of rounds only by each round's decoder activations.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from segment_anything.modeling import Sam
 from torch import nn
 
+from samft.data import Batch
 from samft.data.prompts import append_clicks, sample_correction_clicks
 from samft.engine.step import Prediction, encode_images, predict
 from samft.models import best_output, upscale
@@ -56,26 +56,25 @@ class InteractiveForward(nn.Module):
         super().__init__()
         self.sam, self.rounds, self.multimask, self.resolution = sam, rounds, multimask, resolution
 
-    def forward(self, batch: dict[str, Any], generator: torch.Generator | None = None) -> list[Prediction]:
-        """Every round's predictions; ``batch["embeddings"]`` (from the embedding cache) skips the encoder."""
-        embeddings = batch.get("embeddings")
+    def forward(self, batch: Batch, generator: torch.Generator | None = None) -> list[Prediction]:
+        """Every round's predictions; ``batch.embeddings`` (from the embedding cache) skips the encoder."""
+        embeddings = batch.embeddings
         if embeddings is None:
-            embeddings = encode_images(self.sam, batch)
+            embeddings = encode_images(self.sam, batch.images, batch.valid)
         return run_rounds(self.sam, embeddings, batch, self.rounds, multimask=self.multimask,
                           resolution=self.resolution, generator=generator)
 
 
-def run_rounds(model: Sam, embeddings: torch.Tensor, batch: dict[str, Any], rounds: Rounds, *,
+def run_rounds(model: Sam, embeddings: torch.Tensor, batch: Batch, rounds: Rounds, *,
                multimask: bool, resolution: str, generator: torch.Generator | None = None) -> list[Prediction]:
     """Predictions of every round, in order (``rounds.total`` of them).
 
     Args:
         embeddings: ``[B, C, h, w]`` image embeddings of the batch.
-        batch: Collated batch on the model's device (``points``, ``point_labels``, ``masks``, ``valid``,
-            ``image_index``, ``images``).
+        batch: Collated batch on the model's device; its prompts are the first round's.
         generator: Random generator for the correction clicks (part of the resumable state).
     """
-    points, labels = batch["points"], batch["point_labels"]
+    points, labels = batch.points, batch.point_labels
     mask_inputs = None
     predictions: list[Prediction] = []
     for r in range(rounds.total):
@@ -84,7 +83,7 @@ def run_rounds(model: Sam, embeddings: torch.Tensor, batch: dict[str, Any], roun
             mask_inputs = previous if rounds.feed_back_mask else None
             if r <= rounds.correction_clicks:
                 points, labels = _add_click(batch, previous, points, labels, generator)
-        prompted = {**batch, "points": points, "point_labels": labels}
+        prompted = batch.replace(points=points, point_labels=labels)
         predictions.append(predict(model, embeddings, prompted, multimask=multimask, resolution=resolution,
                                    mask_inputs=mask_inputs))
     return predictions
@@ -112,8 +111,8 @@ def _fed_back_logits(prediction: Prediction) -> torch.Tensor:
 
 @torch.no_grad()
 def _add_click(batch, previous, points, labels, generator):
-    size = batch["masks"].shape[-1]
+    size = batch.masks.shape[-1]
     predicted = upscale(previous.float(), size).squeeze(1) > 0
-    valid = batch["valid"][batch["image_index"]]
-    new_points, new_labels = sample_correction_clicks(predicted, batch["masks"].bool(), valid, generator)
+    valid = batch.valid[batch.image_index]
+    new_points, new_labels = sample_correction_clicks(predicted, batch.masks.bool(), valid, generator)
     return append_clicks(points, labels, new_points, new_labels)

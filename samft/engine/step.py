@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
+from samft.data import Batch
 from samft.models import decode_masks, output_candidates, preprocess, upscale
 
 
@@ -22,17 +23,17 @@ class Prediction(NamedTuple):
     low_res: torch.Tensor  # [N, 4, h, w], what SAM feeds back as a mask prompt
 
 
-def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+def to_device(batch: Batch, device: torch.device) -> Batch:
     """Move every tensor of a collated batch to ``device`` (non-blocking from pinned memory)."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return batch.to(device)
 
 
-def encode_images(model: Sam, batch: dict[str, Any]) -> torch.Tensor:
-    """Image embeddings ``[B, C, h, w]`` of the batch's resized-and-padded images."""
-    return model.image_encoder(preprocess(model, batch["images"], batch["valid"]))
+def encode_images(model: Sam, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Image embeddings ``[B, C, h, w]`` of resized-and-padded images (``valid``: False on padding)."""
+    return model.image_encoder(preprocess(model, images, valid))
 
 
-def predict(model: Sam, embeddings: torch.Tensor, batch: dict[str, Any], *, multimask: bool,
+def predict(model: Sam, embeddings: torch.Tensor, batch: Batch, *, multimask: bool,
             resolution: str, mask_inputs: torch.Tensor | None = None) -> Prediction:
     """Decode every prompt of the batch and bring the logits to the loss resolution.
 
@@ -40,32 +41,32 @@ def predict(model: Sam, embeddings: torch.Tensor, batch: dict[str, Any], *, mult
         resolution: ``low_res`` keeps the decoder's 4h x 4w logits (targets are downsampled);
             ``input`` upsamples the logits to the padded input size S (targets stay as they are).
     """
-    low_res, iou_pred = decode_masks(model, embeddings, batch["image_index"], batch["points"],
-                                     batch["point_labels"], mask_inputs)
-    logits = upscale(low_res, batch["images"].shape[-1]) if resolution == "input" else low_res
-    return Prediction(logits, iou_pred, output_candidates(batch["point_labels"], multimask), low_res)
+    low_res, iou_pred = decode_masks(model, embeddings, batch.image_index, batch.points, batch.point_labels,
+                                     mask_inputs)
+    logits = upscale(low_res, batch.images.shape[-1]) if resolution == "input" else low_res
+    return Prediction(logits, iou_pred, output_candidates(batch.point_labels, multimask), low_res)
 
 
-def loss_targets(batch: dict[str, Any], size: int) -> dict[str, torch.Tensor]:
+def loss_targets(batch: Batch, size: int) -> dict[str, torch.Tensor]:
     """Targets at the loss resolution: ``target [N, R, R]`` float 0/1, ``valid [N, R, R]`` bool, and
     ``dist_map [N, R, R]`` (in pixels of that resolution) when the batch carries distance maps.
 
     Downsampling uses area averaging, then a 0.5 threshold, so a target pixel is foreground when
     most of the input pixels it covers are.
     """
-    masks = batch["masks"].float()
-    valid = batch["valid"][batch["image_index"]].float()
+    masks = batch.masks.float()
+    valid = batch.valid[batch.image_index].float()
     full = masks.shape[-1]
     out: dict[str, torch.Tensor] = {}
     if size == full:
         out["target"], out["valid"] = masks, valid > 0.5
-        if "dist_maps" in batch:
-            out["dist_map"] = batch["dist_maps"].float()
+        if batch.dist_maps is not None:
+            out["dist_map"] = batch.dist_maps.float()
         return out
     out["target"] = (_area(masks, size) >= 0.5).float()
     out["valid"] = _area(valid, size) >= 0.5
-    if "dist_maps" in batch:
-        out["dist_map"] = _area(batch["dist_maps"].float(), size) * (size / full)
+    if batch.dist_maps is not None:
+        out["dist_map"] = _area(batch.dist_maps.float(), size) * (size / full)
     return out
 
 

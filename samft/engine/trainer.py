@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from omegaconf import DictConfig, read_write
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from samft.config import ConfigError, to_dict, to_yaml
-from samft.data import SA1BDataset, collate_masks
+from samft.data import Batch, SA1BDataset, collate_masks
 from samft.engine import console
 from samft.engine import distributed as dist
 from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
@@ -88,6 +88,17 @@ class StepResult:
     masks: int = 0
     skipped_files: int = 0
     loss_output: Any = None
+
+
+class MicroStep(NamedTuple):
+    """Forward and weighted loss of one micro-batch, before its backward."""
+
+    total: torch.Tensor  # the weighted loss to back-propagate
+    terms: dict[str, torch.Tensor]  # unweighted terms, combined over the interactive rounds
+    weights: dict[str, Any]  # the weighting's weight of each term in this total
+    loss_output: Any  # the last round's loss output (its extra statistics are logged)
+    per_round: list[dict[str, torch.Tensor]]  # each round's terms
+    term_grad_norms: dict[str, float]  # per-term gradient norms (train.grad_analysis_every steps)
 
 
 class Trainer:
@@ -167,21 +178,20 @@ class Trainer:
                               "epoch, so their embeddings cannot be reused).")
         return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size)
 
-    def _cached_embeddings(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def _cached_embeddings(self, batch: Batch) -> Batch:
         """The batch with ``embeddings`` from the cache (read ahead by the data loader; the misses
         encoded here once and stored)."""
         if self.embedding_cache is None:
             return batch
 
         def encode(rows: list[int]) -> torch.Tensor:
-            part = {"images": batch["images"][rows], "valid": batch["valid"][rows]}
             with self.runtime.autocast():
-                return encode_images(self.model, part).float()
+                return encode_images(self.model, batch.images[rows], batch.valid[rows]).float()
 
-        files = [meta["file"] for meta in batch["meta"]]
-        batch = dict(batch)
-        embeddings = self.embedding_cache.embeddings(files, encode, found=batch.pop("cached_embeddings", None))
-        return {**batch, "embeddings": embeddings.to(self.runtime.device, torch.float32, non_blocking=True)}
+        files = [meta["file"] for meta in batch.meta]
+        embeddings = self.embedding_cache.embeddings(files, encode, found=batch.cached_embeddings)
+        return batch.replace(cached_embeddings=None,
+                             embeddings=embeddings.to(self.runtime.device, torch.float32, non_blocking=True))
 
     def _wrap(self, module: InteractiveForward) -> torch.nn.Module:
         if not self.dist.enabled:
@@ -221,7 +231,7 @@ class Trainer:
                           collate_fn=collate, drop_last=isinstance(sampler, ResumableSampler),
                           persistent_workers=d.num_workers > 0, pin_memory=self.runtime.device.type == "cuda")
 
-    def _batches(self, loader: DataLoader) -> Iterator[dict[str, Any]]:
+    def _batches(self, loader: DataLoader) -> Iterator[Batch]:
         """Batches forever, epoch after epoch, starting at the (possibly restored) epoch and position.
 
         A batch is skipped when any rank's batch has no mask (every rank skips it, so all ranks keep
@@ -240,7 +250,7 @@ class Trainer:
                 usable = False
                 for batch in loader:
                     self.position += 1
-                    if dist.host_any(batch["masks"].shape[0] == 0)[0]:
+                    if dist.host_any(batch.num_masks == 0)[0]:
                         continue
                     usable = True
                     yield batch
@@ -258,7 +268,7 @@ class Trainer:
         self.epoch, self.position, self.epoch_sums, self.epoch_steps = self.epoch + 1, 0, {}, 0
 
     # -- one step -----------------------------------------------------------------------------
-    def train_step(self, batch: dict[str, Any] | list[dict[str, Any]]) -> StepResult:
+    def train_step(self, batch: Batch | list[Batch]) -> StepResult:
         """Forward (all interactive rounds), loss, weighting, backward and one optimiser step.
 
         Args:
@@ -270,7 +280,7 @@ class Trainer:
             What the step did; its values are still on the device (see :meth:`record`).
         """
         micro = batch if isinstance(batch, list) else [batch]
-        masks = sum(b["masks"].shape[0] for b in micro)
+        masks = sum(b.num_masks for b in micro)
         num_masks = dist.num_masks_across_ranks(masks)
         finite = torch.ones((), dtype=torch.bool, device=self.runtime.device)
         sums: dict[str, torch.Tensor] = {}
@@ -279,36 +289,37 @@ class Trainer:
             last = i == len(micro) - 1
             sync = contextlib.nullcontext() if last or not self.dist.enabled else self.forward.no_sync()
             with sync:
-                total, terms, weights, out, per_round, analysis = self._micro_step(mb, num_masks)
-                finite &= torch.isfinite(total)
+                step = self._micro_step(mb, num_masks)
+                finite &= torch.isfinite(step.total)
                 # Every rank runs backward, finite or not: DDP's gradient all-reduce needs all of them.
-                self.scaler.scale(total).backward()
-            for k, v in {"total": total, **terms}.items():
+                self.scaler.scale(step.total).backward()
+            for k, v in {"total": step.total, **step.terms}.items():
                 sums[k] = sums[k] + v.detach() if k in sums else v.detach()
         grad_norm = self._gradient_norm()
         stepped = self._step_decision(finite, grad_norm)
         self.weighting.step_end(stepped)
         if not stepped:
             return self._skip_nonfinite(sums)
-        result = StepResult(True, masks=masks, skipped_files=sum(b.get("skipped", 0) for b in micro),
-                            loss_output=out)
+        result = StepResult(True, masks=masks, skipped_files=sum(b.skipped for b in micro),
+                            loss_output=step.loss_output)
         self.nonfinite_in_row = 0
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.lr_scheduler.step()
-        for k in terms:
+        for k in step.terms:
             self.epoch_sums[k] = self.epoch_sums[k] + sums[k] if k in self.epoch_sums else sums[k]
         self.epoch_steps += 1
         result.values = {"loss/total": sums.pop("total"), "grad_norm": grad_norm,
                          **{f"loss/{k}": v for k, v in sums.items()},
-                         **{f"weight/{k}": v for k, v in weights.items()},
-                         **{f"grad_norm/{k}": v for k, v in analysis.items()}}
-        for r in sorted({0, len(per_round) - 1}):  # first vs last round (of the last micro-batch)
-            result.values.update({f"loss_round{r}/{k}": v.detach() for k, v in per_round[r].items()})
+                         **{f"weight/{k}": v for k, v in step.weights.items()},
+                         **{f"grad_norm/{k}": v for k, v in step.term_grad_norms.items()}}
+        rounds = step.per_round  # of the last micro-batch: first vs last round
+        for r in sorted({0, len(rounds) - 1}):
+            result.values.update({f"loss_round{r}/{k}": v.detach() for k, v in rounds[r].items()})
         return result
 
-    def _micro_step(self, batch: dict[str, Any], num_masks: float):
+    def _micro_step(self, batch: Batch, num_masks: float) -> MicroStep:
         """Forward and weighted loss of one micro-batch (no backward)."""
         batch = self._cached_embeddings(batch)
         with self.runtime.autocast():
@@ -323,7 +334,7 @@ class Trainer:
         terms = combine_rounds(per_round, self.cfg.prompts.round_loss)
         analysis = self._term_grad_norms(terms, weights_of(self.weighting, self.step))
         total, weights = self.weighting(terms, self.step)
-        return total, terms, weights, out, per_round, analysis
+        return MicroStep(total, terms, weights, out, per_round, analysis)
 
     def _term_grad_norms(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None) -> dict[str, float]:
         """Per-term gradient norms at the analysis layer every ``train.grad_analysis_every`` steps
@@ -453,7 +464,7 @@ class Trainer:
             if not result.stepped:  # no optimiser step was taken: the step count stays
                 continue
             self.step += 1
-            images += sum(b["images"].shape[0] for b in micro)
+            images += sum(b.num_images for b in micro)
             progress.update(1)
             if self.step % cfg.tracking.log_every == 0 or self.step == cfg.train.steps:
                 speed = images * self.dist.world_size / max(time.perf_counter() - started, 1e-9)

@@ -93,7 +93,7 @@ def test_bad_file_is_skipped_logged_and_counted_or_raised(kind, tmp_path, h, cap
     assert ds.skipped == 1
     assert any(reason in r.getMessage() and r.name == "samft.data" for r in caplog.records)
     batch = collate_masks([good, bad])
-    assert batch["skipped"] == 1 and batch["images"].shape[0] == 1
+    assert batch.skipped == 1 and batch.images.shape[0] == 1
     strict = SA1BDataset(root, image_size=64, on_error="raise")
     strict[0]
     with pytest.raises(DataError, match=reason) as info:
@@ -105,9 +105,9 @@ def test_collate_of_only_skipped_items_is_an_empty_batch(tmp_path, h):
     _no_annotations(h, tmp_path)
     ds = SA1BDataset(tmp_path, image_size=32, with_dist_maps=True)
     batch = collate_masks([ds[0], ds[0]])
-    assert batch["skipped"] == 2 and batch["images"].shape == (0, 3, 32, 32)
-    assert batch["masks"].shape == (0, 32, 32) and batch["dist_maps"].shape == (0, 32, 32)
-    assert batch["points"].shape == (0, 1, 2) and batch["meta"] == []
+    assert batch.skipped == 2 and batch.images.shape == (0, 3, 32, 32)
+    assert batch.masks.shape == (0, 32, 32) and batch.dist_maps.shape == (0, 32, 32)
+    assert batch.points.shape == (0, 1, 2) and batch.meta == []
 
 
 def test_dataloader_workers_skip_and_count(tmp_path, h):
@@ -118,8 +118,8 @@ def test_dataloader_workers_skip_and_count(tmp_path, h):
     ds = SA1BDataset(root, image_size=32)
     loader = DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_masks)
     batches = list(loader)
-    assert sum(b["skipped"] for b in batches) == 1
-    assert sum(b["images"].shape[0] for b in batches) == 5
+    assert sum(b.skipped for b in batches) == 1
+    assert sum(b.images.shape[0] for b in batches) == 5
     assert ds.skipped == 1  # the workers' counts reach the main process
 
 
@@ -145,7 +145,7 @@ def test_persistent_workers_follow_set_epoch(tmp_path, h):
     seen = []
     for epoch in range(3):
         ds.set_epoch(epoch)
-        seen.append([b["meta"][0]["annotation_ids"] for b in loader][0])
+        seen.append([b.meta[0]["annotation_ids"] for b in loader][0])
         ds_copy_ids = ds[0]["meta"]["annotation_ids"]
         assert seen[-1] == ds_copy_ids  # workers use the epoch set in the main process
     assert seen[0] != seen[1] or seen[1] != seen[2]

@@ -107,15 +107,15 @@ def test_collate_with_varying_numbers_of_masks_and_prompts(sa1b_folder):
     batch = collate_masks(items)
     counts = [len(masks[s]) for s in "abc"]
     n = sum(counts)
-    assert batch["images"].shape == (3, 3, 64, 64) and batch["images"].dtype == torch.uint8
-    assert batch["masks"].shape == (n, 64, 64) and batch["valid"].shape == (3, 64, 64)
-    assert batch["points"].shape == (n, 2, 2) and batch["point_labels"].shape == (n, 2)
-    assert batch["image_index"].tolist() == [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
-    labels = batch["point_labels"]
+    assert batch.images.shape == (3, 3, 64, 64) and batch.images.dtype == torch.uint8
+    assert batch.masks.shape == (n, 64, 64) and batch.valid.shape == (3, 64, 64)
+    assert batch.points.shape == (n, 2, 2) and batch.point_labels.shape == (n, 2)
+    assert batch.image_index.tolist() == [0] * counts[0] + [1] * counts[1] + [2] * counts[2]
+    labels = batch.point_labels
     assert (labels[:3, 1] == -1).all() and (labels[3:5] == torch.tensor([2, 3])).all()
-    assert torch.equal(batch["masks"][:3], items[0]["masks"])
-    assert batch["skipped"] == 0 and len(batch["meta"]) == 3 and "dist_maps" not in batch
-    assert batch["points"][0, 1].tolist() == [0.0, 0.0]
+    assert torch.equal(batch.masks[:3], items[0]["masks"])
+    assert batch.skipped == 0 and len(batch.meta) == 3 and batch.dist_maps is None
+    assert batch.points[0, 1].tolist() == [0.0, 0.0]
 
 
 def test_missing_or_empty_folder_is_one_paragraph_with_the_fix(tmp_path):

@@ -34,7 +34,7 @@ def main(data: str, out: str, batch_size: str) -> None:
     batch = next(batches)
     trainer.train_step(batch)
     counts = torch.zeros(trainer.dist.world_size, dtype=torch.long)
-    counts[trainer.dist.rank] = batch["masks"].shape[0]
+    counts[trainer.dist.rank] = batch.masks.shape[0]
     if trainer.dist.enabled:
         torch.distributed.all_reduce(counts)
     if trainer.dist.is_main:

@@ -33,8 +33,8 @@ def test_cache_computes_each_image_once_and_matches_the_encoder(demo_data, tmp_p
     batch = next(again._batches(again._loader(again.train_set, again.sampler)))
     with torch.no_grad():
         fresh = again.model.image_encoder(
-            (batch["images"].float() - again.model.pixel_mean) / again.model.pixel_std * batch["valid"][:, None])
-    cached = again._cached_embeddings(batch)["embeddings"]
+            (batch.images.float() - again.model.pixel_mean) / again.model.pixel_std * batch.valid[:, None])
+    cached = again._cached_embeddings(batch).embeddings
     torch.testing.assert_close(cached, fresh, atol=2e-3, rtol=2e-3)  # fp16 storage
 
 

@@ -30,8 +30,8 @@ def test_center_point_is_farthest_from_the_boundary():
 def oracle_rounds(model, embeddings, batch, rounds, *, multimask, resolution, generator=None):
     """Output 2 is the ground truth (area-downsampled); the others are empty. Output 2 also has the
     highest predicted IoU, so SAM's choice (argmax predicted IoU) must pick it."""
-    masks = batch["masks"].float()
-    size = batch["images"].shape[-1] // 4
+    masks = batch.masks.float()
+    size = batch.images.shape[-1] // 4
     low = F.interpolate(masks[:, None], size=(size, size), mode="area")[:, 0]
     logits = torch.full((masks.shape[0], 4, size, size), -20.0)
     logits[:, 2] = torch.where(low >= 0.5, 20.0, -20.0)

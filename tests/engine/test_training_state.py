@@ -169,8 +169,8 @@ def test_gradient_accumulation_equals_the_larger_batch(demo_data, tmp_path):
     pair = next(big._batches(big._loader(big.train_set, big.sampler)))
     stream = small._batches(small._loader(small.train_set, small.sampler))
     singles = [next(stream), next(stream)]
-    assert [s["meta"][0]["file"] for s in singles] == [m["file"] for m in pair["meta"]]
-    assert singles[0]["masks"].shape[0] != singles[1]["masks"].shape[0]  # unequal: normalisation matters
+    assert [s.meta[0]["file"] for s in singles] == [m["file"] for m in pair.meta]
+    assert singles[0].masks.shape[0] != singles[1].masks.shape[0]  # unequal: normalisation matters
     grads_big, record_big = gradients_of_one_step(big, pair)
     grads_small, record_small = gradients_of_one_step(small, singles)
     assert record_small["masks"] == record_big["masks"]
