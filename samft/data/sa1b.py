@@ -70,7 +70,8 @@ class SA1BDataset(Dataset):
         root: Folder of ``<id>.jpg`` + ``<id>.json`` pairs (SA-1B format).
         image_size: Side S of the square, padded input (SAM: 1024).
         max_masks: Masks sampled per image and read (SAM: 64).
-        prompt: ``point``, ``box`` or ``point_or_box``.
+        prompt: ``point``, ``box`` or ``point_or_box``; None samples no prompt (evaluation chooses its own:
+            every mask then has one padding prompt).
         box_prob: Probability of a box in ``point_or_box`` mode (SAM: 0.5).
         transforms: None or a list of albumentations specs (see :mod:`samft.data.transforms`).
         min_area: Drop masks with fewer pixels (original resolution); area <= 0 is always dropped.
@@ -127,7 +128,7 @@ class SA1BDataset(Dataset):
             raise DataError(f"image_size must be >= 16, got {image_size}.")
         if int(max_masks) < 1:
             raise DataError(f"max_masks must be >= 1, got {max_masks}.")
-        if prompt not in PROMPT_MODES:
+        if prompt is not None and prompt not in PROMPT_MODES:
             raise DataError(f"prompt must be one of {PROMPT_MODES}, got {prompt!r}.")
         if not 0.0 <= float(box_prob) <= 1.0:
             raise DataError(f"box_prob must be in [0, 1], got {box_prob}.")
@@ -297,9 +298,12 @@ class SA1BDataset(Dataset):
             dist = fast_signed_distance_maps(masks, self._out_clip())
         generator = torch.Generator().manual_seed(int(rng.integers(2**63)))
         mask_t = torch.from_numpy(pad_bottom_right(masks, S).view(np.bool_))  # 0/1 uint8: a free view
-        prompt_points, prompt_labels = sample_prompts(
-            mask_t[:, :h, :w], self.prompt, self.box_prob, generator, image_size=(h, w), noise_std=self.box_noise,
-            max_noise=self.box_max_noise)
+        if self.prompt is None:
+            prompt_points, prompt_labels = torch.zeros(len(mask_t), 0, 2), torch.zeros(len(mask_t), 0, dtype=torch.long)
+        else:
+            prompt_points, prompt_labels = sample_prompts(
+                mask_t[:, :h, :w], self.prompt, self.box_prob, generator, image_size=(h, w),
+                noise_std=self.box_noise, max_noise=self.box_max_noise)
         kept_anns = [a for a, k in zip(anns, keep) if k]
         inside = (points[:, 0] > -0.5) & (points[:, 1] > -0.5) & (points[:, 0] < w - 0.5) & (points[:, 1] < h - 0.5)
         item = {

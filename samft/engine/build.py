@@ -13,10 +13,14 @@ from samft.models import build_model, load_weights
 
 
 def dataset_from_config(cfg: DictConfig, root: Path, folder: str, *, seed: int, train: bool = True) -> SA1BDataset:
-    """The training (augmented, configured prompts) or evaluation (plain) dataset of ``root / folder``."""
+    """The training (augmented, configured prompts) or evaluation (plain) dataset of ``root / folder``.
+
+    The evaluation dataset reads ``eval.max_masks`` masks per image and samples no prompt: evaluation
+    prompts every mask itself (centre point, tight box, correction clicks)."""
     d, p = cfg.data, cfg.prompts
     return SA1BDataset(
-        root / folder, image_size=cfg.model.image_size, max_masks=d.max_masks, prompt=p.mode if train else "point",
+        root / folder, image_size=cfg.model.image_size, max_masks=d.max_masks if train else cfg.eval.max_masks,
+        prompt=p.mode if train else None,
         box_prob=p.box_prob, transforms=list(d.augment) if train else None, min_area=d.min_area,
         max_area_frac=d.max_area_frac, min_predicted_iou=d.min_predicted_iou, min_stability=d.min_stability,
         on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed, dist_clip=d.dist_clip,
