@@ -7,7 +7,7 @@ to the synthetic SA-1B-like 1500x1000 images with 100 masks each (printed).
 
 Both sides serve maps for the input frame of ``--image-size`` (640: COCO's own size, no resize for
 most images). Baseline: decode each mask, resize it to the input frame and compute Kervadec's map
-on the whole frame (``samft.losses.boundary.signed_distance_map``, scipy). samft:
+on the whole frame (``samft.signed_distance.signed_distance_map``, scipy). samft:
 ``precompute_distance_maps`` (read, hash, decode + resize, bounding-box exact EDT clipped at 5% of
 the input side, float16 crops written to the cache). Values: every cached map is compared with the
 baseline's map clipped at the same distance (equal but for float16 storage, reported).
@@ -41,7 +41,7 @@ from samft.data.demo import write_dense_folder  # noqa: E402
 from samft.data.distance_maps import DistanceMapCache, paste_crop, precompute_distance_maps  # noqa: E402
 from samft.data.rle import checked_rle, decode_resized  # noqa: E402
 from samft.data.transforms import resized_shape  # noqa: E402
-from samft.losses.boundary import signed_distance_map  # noqa: E402
+from samft.signed_distance import signed_distance_map  # noqa: E402
 
 COCO_TINY = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "coco_tiny"
 

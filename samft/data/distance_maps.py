@@ -1,6 +1,6 @@
 """Signed distance maps for boundary losses: fast per-mask computation and an exact cache.
 
-The formula is Kervadec's, implemented once in :func:`samft.losses.boundary.signed_distance_map`:
+The formula is Kervadec's, implemented once in :func:`samft.signed_distance.signed_distance_map`:
 ``edt(~m) * ~m - (edt(m) - 1) * m`` (positive outside, <= 0 inside, 0 on the inner boundary; an
 empty mask and a mask without background give a zero map). This module makes it fast.
 
@@ -35,7 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from samft.losses.boundary import signed_distance_map
+from samft.signed_distance import signed_distance_map
 
 log = logging.getLogger("samft.data")
 

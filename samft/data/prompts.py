@@ -7,8 +7,9 @@ the generator's device and moved to the masks' device.
 Coordinates are ``(x, y)`` pixel indices of the input frame: pixel ``(i, j)`` is addressed as
 ``(j, i)`` and SAM's prompt encoder adds the 0.5 that moves it to the pixel's centre. Prompts of
 one mask are ``points [P, 2]`` with ``labels [P]``: 1 positive click, 0 negative click, 2/3 the
-top-left/bottom-right box corners, -1 padding (ignored by SAM's prompt encoder). A mask that
-cannot give a prompt (empty mask, no error left) gets label -1: no prompt rather than a made-up one.
+top-left/bottom-right box corners, -1 padding (ignored by SAM's prompt encoder), named in
+:mod:`samft.prompt_labels`. A mask that cannot give a prompt (empty mask, no error left) gets
+label -1: no prompt rather than a made-up one.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-PAD, NEGATIVE, POSITIVE, BOX_TOP_LEFT, BOX_BOTTOM_RIGHT = -1, 0, 1, 2, 3
+from samft.prompt_labels import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+
 PROMPT_MODES = ("point", "box", "point_or_box")
 
 

@@ -25,12 +25,13 @@ from scipy import ndimage
 from segment_anything.modeling import Sam
 
 from samft.data import Batch
-from samft.data.prompts import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, tight_boxes
+from samft.data.prompts import tight_boxes
 from samft.engine import distributed as dist
 from samft.engine.interactive import Rounds, run_rounds
 from samft.engine.runtime import Runtime
 from samft.engine.step import encode_images, to_device
 from samft.models import best_output, upscale
+from samft.prompt_labels import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE
 from samft.registry import METRICS
 
 

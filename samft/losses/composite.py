@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 
+from samft.checks import at_least, finite
 from samft.losses._common import call_loss, compute_dtype
 from samft.registry import LOSSES
 
@@ -157,10 +157,8 @@ def _term(key: str, spec: Any) -> tuple[float, Callable[..., Any]]:
         raise ValueError(f"{what}: expected a loss name or a mapping {{name, weight, **kwargs}}, got {spec!r}.")
     spec = dict(spec)
     spec.setdefault("name", key)
-    weight = spec.pop("weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
-        raise ValueError(f"{what} has weight {weight!r}; it must be a finite number.")
-    return float(weight), resolve_loss(spec, what=what)
+    weight = finite(f"weight of {what}", spec.pop("weight", 1.0))
+    return weight, resolve_loss(spec, what=what)
 
 
 @LOSSES.register("multi_granularity")
@@ -191,11 +189,9 @@ class MultiGranularity:
         if normalize not in ("weights", "count"):
             raise ValueError(f"multi_granularity: normalize must be 'weights' or 'count', got {normalize!r}.")
         if weights is not None:
-            weights = [float(w) for w in weights]
-            if not weights or any(not math.isfinite(w) or w < 0 for w in weights) or sum(weights) <= 0:
-                raise ValueError(
-                    f"multi_granularity: weights must be finite, >= 0 and not all 0, got {weights!r}."
-                )
+            weights = [at_least(f"multi_granularity weights[{i}]", w, 0) for i, w in enumerate(weights)]
+            if sum(weights) <= 0:
+                raise ValueError(f"Option multi_granularity weights needs a weight > 0, got {weights!r}.")
         self.loss = resolve_loss(loss, what="multi_granularity loss")
         self.weights = weights
         self.normalize = normalize

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from samft.checks import at_least
 from samft.losses._common import (
     broadcast_valid,
     check_pair,
@@ -63,8 +64,7 @@ def dice(
     """
     check_pair(logits, target, min_dim=2)
     check_reduction(reduction)
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0; got {smooth}.")
+    at_least("smooth", smooth, 0)
     with fp32_compute(logits.device):
         inter, pred_sum, target_sum = _soft_sums(logits, target, valid, squared)
         loss = 1.0 - safe_ratio(2.0 * inter + smooth, pred_sum + target_sum + smooth, empty=1.0)
@@ -95,8 +95,7 @@ def soft_iou(
     """
     check_pair(logits, target, min_dim=2)
     check_reduction(reduction)
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0; got {smooth}.")
+    at_least("smooth", smooth, 0)
     with fp32_compute(logits.device):
         inter, pred_sum, target_sum = _soft_sums(logits, target, valid)
         loss = 1.0 - safe_ratio(inter + smooth, pred_sum + target_sum - inter + smooth, empty=1.0)
@@ -137,8 +136,7 @@ def generalized_dice(
     check_reduction(reduction)
     if activation not in ("sigmoid", "softmax"):
         raise ValueError(f"activation must be 'sigmoid' or 'softmax'; got {activation!r}.")
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0; got {smooth}.")
+    at_least("smooth", smooth, 0)
     with fp32_compute(logits.device):
         dtype = compute_dtype(logits)
         if activation == "softmax":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from samft.checks import at_least
 from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, reduce_pixels, split_ignore
 from samft.registry import LOSSES
 
@@ -59,8 +60,7 @@ def sigmoid_focal(
     """
     check_pair(logits, target)
     check_reduction(reduction)
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0; got {gamma}.")
+    at_least("gamma", gamma, 0)
     dtype = compute_dtype(logits)
     with fp32_compute(logits.device):
         clean, weight = split_ignore(target, valid, dtype)
@@ -127,8 +127,7 @@ def weighted_bce(
     """
     check_pair(logits, target)
     check_reduction(reduction)
-    if max_pos_weight < 1:
-        raise ValueError(f"max_pos_weight must be >= 1; got {max_pos_weight}.")
+    at_least("max_pos_weight", max_pos_weight, 1)
     dtype = compute_dtype(logits)
     with fp32_compute(logits.device):
         clean, weight = split_ignore(target, valid, dtype)

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from samft.checks import at_least
 from samft.losses._common import (
     broadcast_valid,
     check_pair,
@@ -459,8 +460,7 @@ def sam(
     """
     _check_iou_loss(iou_loss)
     _check_empty_target(empty_target)
-    if focal_gamma < 0:
-        raise ValueError(f"focal_gamma must be >= 0; got {focal_gamma}.")
+    at_least("focal_gamma", focal_gamma, 0)
     flat_target, weight, candidates = _sam_inputs(logits, target, valid, candidates)
     n, m = logits.shape[:2]
     if tuple(iou_pred.shape) != (n, m):

@@ -37,11 +37,12 @@ The boundary-loss weight transfer (boundary weight 0.01 + 0.01 per epoch, region
         dice: {name: boundary_transfer, role: region, steps_per_epoch: 500}
         boundary: {name: boundary_transfer, role: boundary, steps_per_epoch: 500}
 
-(:mod:`samft.schedules.boundary` gives the equivalent pair of ``linear`` schedules.)
+(:mod:`samft.schedules.boundary` gives the equivalent pair of ``linear`` schedules; the
+``region_boundary`` loss uses the same schedule, counted in epochs.)
 """
 
-from samft.schedules.base import Schedule, as_schedule
-from samft.schedules.basic import Constant, Cosine, Exponential, Linear, Piecewise, Step, Warmup
+from samft.schedules.base import Schedule
+from samft.schedules.basic import Constant, Cosine, Exponential, Linear, Piecewise, Step, Warmup, as_schedule
 from samft.schedules.boundary import BoundaryTransfer
 
 __all__ = [

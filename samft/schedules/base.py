@@ -1,4 +1,5 @@
-"""The schedule base class and the option checks every schedule shares."""
+"""The schedule base class and the helpers for step options every schedule shares (the checks of
+other options are :mod:`samft.checks`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import math
 from collections.abc import Mapping
 from numbers import Real
 from typing import Any
+
+from samft.checks import count
 
 
 class Schedule(abc.ABC):
@@ -35,45 +38,6 @@ class Schedule(abc.ABC):
     def __repr__(self) -> str:
         options = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({options})"
-
-
-def as_schedule(value: Any, what: str) -> Schedule:
-    """Turn a number, a schedule or a spec ``{name: ..., **options}`` into a schedule.
-
-    Args:
-        value: A number (a constant), a :class:`Schedule`, or a mapping built through ``SCHEDULES``.
-        what: Where the value comes from, for error messages (``"weights.focal"``).
-
-    Returns:
-        A schedule.
-    """
-    from samft.registry import SCHEDULES
-    from samft.schedules.basic import Constant
-
-    if isinstance(value, Schedule):
-        return value
-    if isinstance(value, Real) and not isinstance(value, bool):
-        return Constant(value)
-    if isinstance(value, Mapping):
-        return SCHEDULES.build(dict(value))
-    raise ValueError(
-        f"{what} must be a number or a schedule spec such as "
-        f"{{name: linear, start: 0.0, end: 1.0, total_steps: 1000}}; got {value!r}."
-    )
-
-
-def finite(name: str, value: Any) -> float:
-    """``value`` as a float, or a ValueError naming the option when it is not a finite number."""
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value):
-        raise ValueError(f"Option {name} must be a finite number, got {value!r}.")
-    return float(value)
-
-
-def count(name: str, value: Any) -> int:
-    """``value`` as a non-negative int (a number of steps), or a ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, Real) or value != int(value) or value < 0:
-        raise ValueError(f"Option {name} must be a non-negative whole number of steps, got {value!r}.")
-    return int(value)
 
 
 def increasing_steps(name: str, values: Any, *, strict: bool = True) -> tuple[int, ...]:

@@ -1,4 +1,5 @@
-"""General-purpose schedules: constant, linear, cosine, step, exponential, warmup, piecewise."""
+"""General-purpose schedules: constant, linear, cosine, step, exponential, warmup, piecewise; and
+``as_schedule``, which turns a config value (a number or a spec) into a schedule."""
 
 from __future__ import annotations
 
@@ -6,10 +7,34 @@ import abc
 import bisect
 import math
 from collections.abc import Mapping
+from numbers import Real
 from typing import Any
 
+from samft.checks import count, finite, positive
 from samft.registry import SCHEDULES
-from samft.schedules.base import Schedule, as_schedule, count, finite, increasing_steps, progress
+from samft.schedules.base import Schedule, increasing_steps, progress
+
+
+def as_schedule(value: Any, what: str) -> Schedule:
+    """Turn a number, a schedule or a spec ``{name: ..., **options}`` into a schedule.
+
+    Args:
+        value: A number (a constant), a :class:`Schedule`, or a mapping built through ``SCHEDULES``.
+        what: Where the value comes from, for error messages (``"weights.focal"``).
+
+    Returns:
+        A schedule.
+    """
+    if isinstance(value, Schedule):
+        return value
+    if isinstance(value, Real) and not isinstance(value, bool):
+        return Constant(value)
+    if isinstance(value, Mapping):
+        return SCHEDULES.build(dict(value))
+    raise ValueError(
+        f"{what} must be a number or a schedule spec such as "
+        f"{{name: linear, start: 0.0, end: 1.0, total_steps: 1000}}; got {value!r}."
+    )
 
 
 @SCHEDULES.register("constant")
@@ -123,12 +148,8 @@ class Exponential(Schedule):
     def __init__(self, start: float, gamma: float, period: int = 1, begin_step: int = 0,
                  staircase: bool = False, min_value: float | None = None) -> None:
         self.start = finite("start", start)
-        self.gamma = finite("gamma", gamma)
-        if self.gamma <= 0:
-            raise ValueError(f"Option gamma must be > 0, got {gamma!r}.")
-        self.period = count("period", period)
-        if self.period == 0:
-            raise ValueError("Option period must be >= 1 step, got 0.")
+        self.gamma = positive("gamma", gamma)
+        self.period = count("period", period, minimum=1)
         self.begin_step = count("begin_step", begin_step)
         self.staircase = bool(staircase)
         self.min_value = None if min_value is None else finite("min_value", min_value)

@@ -7,8 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from samft.checks import positive
 from samft.registry import WEIGHTINGS
-from samft.schedules.base import finite
 from samft.weighting.base import WeightingStrategy, check_terms
 
 
@@ -29,9 +29,7 @@ class DynamicWeightAverage(WeightingStrategy):
 
     def __init__(self, terms: Sequence[str], temperature: float = 2.0) -> None:
         super().__init__(terms)
-        self.temperature = finite("temperature", temperature)
-        if self.temperature <= 0:
-            raise ValueError(f"Option temperature must be > 0, got {temperature!r}.")
+        self.temperature = positive("temperature", temperature)
         # row 0: epoch e-2, row 1: epoch e-1
         self.register_buffer("history", torch.zeros(2, len(self.terms), dtype=torch.float64))
         self.register_buffer("epochs_seen", torch.zeros((), dtype=torch.long))

@@ -48,8 +48,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from samft.checks import count, finite, positive
 from samft.registry import WEIGHTINGS
-from samft.schedules.base import count, finite
 from samft.weighting.analysis import grad_norms, resolve_params
 from samft.weighting.base import WeightingStrategy, per_term
 
@@ -89,14 +89,13 @@ class GradNormWeighting(WeightingStrategy):
                  initial_weights: Mapping[str, float] | float | None = None, min_weight: float = 1e-3) -> None:
         super().__init__(terms)
         self.alpha = finite("alpha", alpha)
-        self.lr = finite("lr", lr)
-        self.min_weight = finite("min_weight", min_weight)
-        self.initial_steps = count("initial_steps", initial_steps)
+        self.lr = positive("lr", lr)
+        self.min_weight = positive("min_weight", min_weight)
+        self.initial_steps = count("initial_steps", initial_steps, minimum=1)
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"Option optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}.")
-        if self.lr <= 0 or self.initial_steps < 1 or not 0 < self.min_weight < 1:
-            raise ValueError(f"GradNorm needs lr > 0, initial_steps >= 1 and 0 < min_weight < 1; got lr={lr}, "
-                             f"initial_steps={initial_steps}, min_weight={min_weight}.")
+        if self.min_weight >= 1:
+            raise ValueError(f"Option min_weight must be < 1 (the weights average 1), got {min_weight!r}.")
         if not isinstance(shared_param, str) or not shared_param:
             raise ValueError(f"Option shared_param must be a parameter or module name, got {shared_param!r}.")
         self.shared_param = shared_param

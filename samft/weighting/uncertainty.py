@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from samft.checks import finite, positive
 from samft.registry import WEIGHTINGS
-from samft.schedules.base import finite
 from samft.weighting.base import WeightingStrategy, per_term
 
 #: Coefficient c of exp(-s) L per likelihood kind.
@@ -66,9 +66,7 @@ class UncertaintyWeighting(WeightingStrategy):
         self.kinds = dict(kind_of)
         self.regulariser = regulariser
         self.min_log_var = None if min_log_var is None else finite("min_log_var", min_log_var)
-        self.lr = None if lr is None else finite("lr", lr)
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"Option lr must be > 0, got {lr!r}.")
+        self.lr = None if lr is None else positive("lr", lr)
         self.log_vars = nn.Parameter(torch.tensor([finite(f"init_log_var.{t}", inits[t]) for t in self.terms]))
         self.register_buffer("coef", torch.tensor([KINDS[kind_of[t]] for t in self.terms]), persistent=False)
 

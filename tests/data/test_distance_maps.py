@@ -16,7 +16,7 @@ from samft.data import SA1BDataset
 from samft.data.distance_maps import (
     DistanceMapCache, default_cache_dir, fast_signed_distance_map, precompute_distance_maps,
 )
-from samft.losses.boundary import signed_distance_map
+from samft.signed_distance import signed_distance_map
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,15 +9,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
-from samft.losses.boundary import (
-    boundary,
-    boundary_schedule,
-    region_boundary,
-    signed_distance_map,
-    signed_distance_maps,
-)
+from samft.losses.boundary import boundary, region_boundary, signed_distance_map, signed_distance_maps
 from samft.losses.overlap import dice
-from samft.registry import LOSSES
+from samft.registry import LOSSES, SCHEDULES
 
 FAST = settings(max_examples=30, deadline=None)
 R2 = math.sqrt(2.0)
@@ -189,20 +183,39 @@ def test_boundary_invariant_to_batch_order(n, seed):
 
 
 # -- region + boundary -----------------------------------------------------------------------
+def _weights(epoch, **options):
+    target, dist = _one_pixel_case()
+    out = region_boundary(torch.zeros(1, 3, 3), target, dist_map=dist, epoch=epoch, **options)
+    return out["region_weight"].item(), out["boundary_weight"].item()
+
+
 @pytest.mark.parametrize(
     "epoch, region, bound", [(0, 1.0, 0.01), (1, 0.99, 0.02), (50, 0.5, 0.51), (90, 0.1, 0.91), (150, 0.1, 1.51)]
 )
 def test_schedule_values(epoch, region, bound):
-    r, b = boundary_schedule(epoch)
+    r, b = _weights(epoch)
     assert r == pytest.approx(region) and b == pytest.approx(bound)
 
 
 def test_schedule_constants_are_configurable():
-    r, b = boundary_schedule(10, boundary_start=0.1, boundary_step=0.05, boundary_max=0.4,
-                             region_start=2.0, region_step=0.5, region_floor=0.25)
+    r, b = _weights(10, boundary_start=0.1, boundary_step=0.05, boundary_max=0.4,
+                    region_start=2.0, region_step=0.5, region_floor=0.25)
     assert (r, b) == (pytest.approx(0.25), pytest.approx(0.4))
     with pytest.raises(ValueError, match="epoch"):
-        boundary_schedule(-1)
+        _weights(-1)
+
+
+def test_region_boundary_weights_are_the_boundary_transfer_schedule():
+    """One implementation of Kervadec's transfer: the loss's weights at epoch e are the registered
+    ``boundary_transfer`` schedule at step e with one step per epoch."""
+    options = {"rate": 0.03, "region_start": 1.5, "region_floor": 0.2}
+    region = SCHEDULES.build({"name": "boundary_transfer", "role": "region", "steps_per_epoch": 1, **options})
+    bound = SCHEDULES.build({"name": "boundary_transfer", "role": "boundary", "steps_per_epoch": 1, "rate": 0.02,
+                             "boundary_start": 0.05, "boundary_max": 0.5})
+    for epoch in (0, 1, 7, 30, 60):
+        r, b = _weights(epoch, region_step=0.03, region_start=1.5, region_floor=0.2, boundary_step=0.02,
+                        boundary_start=0.05, boundary_max=0.5)
+        assert r == pytest.approx(region(epoch), rel=1e-6) and b == pytest.approx(bound(epoch), rel=1e-6)
 
 
 def test_region_boundary_combines_dice_and_boundary():
