@@ -44,7 +44,7 @@ from samft.engine.runtime import make_runtime, seed_everything
 from samft.engine.sampler import ResumableSampler, ShardSampler
 from samft.engine.signals import StopSignals
 from samft.engine.step import encode_images, loss_targets, to_device
-from samft.losses import call_loss, loss_stats, loss_terms
+from samft.losses import call_loss, declared_terms, loss_stats
 from samft.models import checkpoint_activations, freeze
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
 from samft.tracking import Tracker
@@ -128,7 +128,7 @@ class Trainer:
                                         world_size=self.dist.world_size)
         self.model = self._model()
         self.loss_fn = LOSSES.build(cfg.loss)
-        self.terms = self._probe_terms()
+        self.terms = declared_terms(cfg.loss)
         self.weighting = WEIGHTINGS.build(cfg.weighting, terms=self.terms).to(self.runtime.device)
         self.weighting.bind(self.model)
         groups = param_groups(self.model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
@@ -203,23 +203,16 @@ class Trainer:
         device_ids = [self.runtime.device.index] if self.runtime.device.type == "cuda" else None
         return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=True)
 
-    def _probe_terms(self) -> list[str]:
-        """Names of the loss's terms: one call on a tiny synthetic batch (cheap, shape-agnostic)."""
-        n, size = 2, 8
-        logits = torch.zeros(n, 4, size, size, requires_grad=True)
-        target = torch.zeros(n, size, size)
-        target[:, 2:6, 2:6] = 1.0
-        extras = {"iou_pred": torch.zeros(n, 4, requires_grad=True),
-                  "candidates": torch.ones(n, 4, dtype=torch.bool),
-                  "valid": torch.ones(n, size, size, dtype=torch.bool), "dist_map": torch.zeros(n, size, size),
-                  "num_masks": float(n), "step": 0, "epoch": 0}
-        return list(loss_terms(call_loss(self.loss_fn, logits, target, **extras)))
-
     def _terms(self, out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
-        """This step's value of every term found by the probe (a term may lack a gradient in a
+        """This step's value of every term the loss declares (a term may lack a gradient in a
         step, e.g. the IoU term of a batch of empty targets; it is then a constant, not missing)."""
-        if isinstance(out, torch.Tensor):
-            return {"loss": out}
+        out = {"loss": out} if isinstance(out, torch.Tensor) else out
+        missing = [k for k in self.terms if k not in out]
+        if missing:
+            raise TrainingError(
+                f"loss {self.cfg.loss.name!r} declares the terms {self.terms} but returned no {missing} (it returned "
+                f"{sorted(out)}): declare what it returns with LOSSES.register(..., terms=...) or a 'terms' "
+                "attribute on the loss.")
         return {k: out[k] for k in self.terms}
 
     def _loader(self, dataset: SA1BDataset, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:

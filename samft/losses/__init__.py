@@ -8,11 +8,12 @@ per-pixel values over each mask's valid pixels.
 """
 
 from samft.losses import boundary, composite, overlap, pixel, regression, sam, valid_pixel, weighted
-from samft.losses._common import call_loss, loss_stats, loss_terms, per_mask
+from samft.losses._common import call_loss, declared_terms, loss_stats, loss_terms, per_mask
 
 __all__ = [
     "boundary",
     "call_loss",
+    "declared_terms",
     "loss_stats",
     "loss_terms",
     "composite",

@@ -241,6 +241,18 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
+def declared_terms(spec: Any) -> list[str]:
+    """The term names a loss spec's results carry, as the loss declares them when it registers
+    (``terms=("focal", "dice")`` or ``terms=callable(options) -> names``; a plugin sets a ``terms``
+    attribute on its callable). Undeclared: one term, ``loss`` (a loss returning a tensor)."""
+    from samft.registry import LOSSES
+
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name")
+    terms = LOSSES.info(name).get("terms", getattr(LOSSES.get(name), "terms", ("loss",)))
+    return list(terms(spec) if callable(terms) else terms)
+
+
 def loss_terms(out: torch.Tensor | dict[str, Any]) -> dict[str, torch.Tensor]:
     """The weightable terms of a loss result: 0-dim tensors that carry a gradient.
 

@@ -96,7 +96,7 @@ def _normaliser(num_masks: float | torch.Tensor | None, count: int, like: torch.
     return float(num_masks)
 
 
-@LOSSES.register("iou_prediction")
+@LOSSES.register("iou_prediction", terms=("loss",))
 def iou_prediction(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -393,7 +393,11 @@ def _binary_target(target: torch.Tensor, valid: torch.Tensor | None):
     return target, weight
 
 
-@LOSSES.register("sam")
+def _sam_terms(options: Mapping[str, Any]) -> tuple[str, ...]:
+    return ("focal", "dice", "iou", *(options.get("extra_terms") or {}))
+
+
+@LOSSES.register("sam", terms=_sam_terms)
 def sam(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -481,14 +485,24 @@ def sam(
         return result
 
 
+_BUILT: dict[str, Any] = {}
+
+
+def _built(spec: Mapping[str, Any]) -> Any:
+    """``LOSSES.build(spec)``, once per distinct spec (the objective runs every round of every step)."""
+    key = repr(sorted((k, repr(v)) for k, v in spec.items()))
+    if key not in _BUILT:
+        _BUILT[key] = LOSSES.build(spec)
+    return _BUILT[key]
+
+
 def _extra_term(term: str, spec: Any, logits, target, valid, selected, norm, extras) -> torch.Tensor:
     """One extra mask loss on the selected output of every mask, normalised like focal and dice."""
     from samft.losses._common import call_loss  # the engine's calling convention, one place
-    from samft.registry import LOSSES
 
     if term in ("loss", "focal", "dice", "iou", "selected"):
         raise ValueError(f"extra_terms: {term!r} is a name the sam objective already uses; rename the term.")
-    fn = LOSSES.build(spec if isinstance(spec, Mapping) else {"name": str(spec)})
+    fn = _built(spec if isinstance(spec, Mapping) else {"name": str(spec)})
     rows = torch.arange(logits.shape[0], device=logits.device)
     chosen = logits[rows, selected]
     target = target.reshape(chosen.shape)

@@ -356,3 +356,22 @@ def test_the_loss_asks_for_the_plan_of_its_logits_device(monkeypatch):
     target = (torch.rand(2, 8, 8) > 0.5).float()
     sam(logits, target, iou_pred=torch.rand(2, 4), candidates=torch.ones(2, 4, dtype=torch.bool))["loss"].backward()
     assert asked and all(d == torch.device("cpu") for d in asked)
+
+
+def test_the_objective_declares_its_terms_and_builds_extra_terms_once(monkeypatch):
+    from samft.losses import declared_terms
+
+    spec = {"name": "sam", "extra_terms": {"bnd": {"name": "dice"}}}
+    assert declared_terms(spec) == ["focal", "dice", "iou", "bnd"]
+    assert declared_terms("sam") == ["focal", "dice", "iou"] and declared_terms("iou_prediction") == ["loss"]
+    import samft.losses.sam as sam_module
+
+    monkeypatch.setattr(sam_module, "_BUILT", {})
+    built = []
+    real_build = LOSSES.build
+    monkeypatch.setattr(LOSSES, "build", lambda s, **k: built.append(dict(s)) or real_build(s, **k))
+    loss = real_build(spec)
+    logits, target = torch.randn(2, 4, 8, 8), (torch.rand(2, 8, 8) > 0.5).float()
+    for _ in range(3):
+        out = loss(logits, target, iou_pred=torch.rand(2, 4), candidates=torch.ones(2, 4, dtype=torch.bool))
+    assert set(declared_terms(spec)) <= set(out) and built == [{"name": "dice"}]
