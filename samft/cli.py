@@ -14,6 +14,14 @@ Fine-tune SAM as CONFIG says; key=value pairs override it (e.g. train.steps=200 
 Set SAMFT_DEBUG=1 to see full tracebacks."""
 
 
+def light_user_errors() -> tuple[type[BaseException], ...]:
+    """The user errors of config loading: recognised without importing the engine."""
+    from samft.config import ConfigError
+    from samft.registry import RegistryError
+
+    return (ConfigError, RegistryError)
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Errors caused by input the user controls: reported as one paragraph, never a traceback wall."""
     from samft.config import ConfigError
@@ -44,8 +52,11 @@ def run_cli(main, argv: list[str]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except user_errors() as exc:
-        if os.environ.get("SAMFT_DEBUG"):
+    except Exception as exc:
+        # Config errors first: evaluating user_errors() imports the engine (~6 s), which a config
+        # rejected at load has not needed yet (tools/train.py CONFIG train.steps=-5 answers at once).
+        is_user_error = isinstance(exc, light_user_errors()) or isinstance(exc, user_errors())
+        if os.environ.get("SAMFT_DEBUG") or not is_user_error:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -56,10 +67,11 @@ def _train(argv: list[str]) -> int:
         print(USAGE)
         return 0 if argv else 2
     from samft.config import load
+
+    cfg = load(argv[0], argv[1:])  # before the engine's imports: a bad value is reported at once
     from samft.engine.threads import apply_threads
     from samft.engine.trainer import Trainer
 
-    cfg = load(argv[0], argv[1:])
     # Here, not in Trainer: a process-wide setting belongs to the process's entry point (tests and
     # benchmarks that build a Trainer keep the thread count they chose).
     logging.getLogger("samft.train").info("%s", apply_threads(cfg.train.threads).describe())
@@ -124,21 +136,22 @@ def _evaluate(argv: list[str]) -> int:
             raise ConfigError(f"--mode {' '.join(mode) or '(missing)'}: use --mode prompts (default) or everything.")
     import json
 
-    from torch.utils.data import DataLoader
-
     from samft.config import ConfigError, load
-    from samft.data import collate_masks
-    from samft.engine.build import dataset_from_config, model_from_config
-    from samft.engine.evaluate import evaluate
-    from samft.engine.runtime import make_runtime
 
     json_out = None
     if "--json" in argv:
         at = argv.index("--json")
         json_out, argv = Path(argv[at + 1]), argv[:at] + argv[at + 2:]
-    cfg = load(argv[0], argv[1:])
+    cfg = load(argv[0], argv[1:])  # before the engine's imports: a bad value is reported at once
     if not cfg.data.val:
         raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
+    from torch.utils.data import DataLoader
+
+    from samft.data import collate_masks
+    from samft.engine.build import dataset_from_config, model_from_config
+    from samft.engine.evaluate import evaluate
+    from samft.engine.runtime import make_runtime
+
     root = Path.cwd()
     runtime = make_runtime(cfg.train.device, cfg.train.precision)
     model = model_from_config(cfg, root).to(runtime.device)

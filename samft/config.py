@@ -2,15 +2,24 @@
 
 ``load("configs/demo.yaml", ["train.steps=100"])`` reads the file, follows its ``base:`` chain
 (paths relative to the file that names them), merges it onto the typed schema below, applies
-the overrides and checks every plugin spec against its registry. Unknown keys and wrong types
-are rejected with the full dotted key and a suggestion, before anything heavy starts.
+the overrides and checks every value: ranges (:data:`RULES`), fixed choices, values that depend on
+each other (``model.image_size`` and ``model.name``) and every plugin spec against its registry.
+Unknown keys, wrong types and bad values are rejected with one line that names the key as typed
+and says what to use (``train.steps=-5: use a whole number >= 1 ...``), before anything heavy
+starts: the value checks import nothing, the plugin checks the registries (torch).
 
 Plugin slots (``loss``, ``weighting``, ``schedule``) all have one shape, ``{name: ..., **options}``;
-their options are checked against the registered callable's signature.
+their options are checked against the registered callable's signature, and so are the specs
+nested in them (:data:`NESTED`: ``loss.extra_terms``, schedules in ``weighting.weights``, ...).
+Schedules are also built once, which checks their values.
 """
 
 from __future__ import annotations
 
+import inspect
+import math
+import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, get_type_hints
@@ -18,7 +27,8 @@ from typing import Any, Optional, get_type_hints
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, RegistryError, check_options, did_you_mean
+from samft.archs import ARCHS, PATCH_SIZE
+from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -161,7 +171,6 @@ def _fraction_of(total: Any, fraction: Any) -> int:
 _register = getattr(OmegaConf, "register_resolver", OmegaConf.register_new_resolver)
 _register("frac", _fraction_of, replace=True)
 
-PLUGIN_SLOTS = {"loss": LOSSES, "weighting": WEIGHTINGS, "schedule": SCHEDULES}
 _BASE_KEY = "base"
 
 
@@ -176,7 +185,10 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
         A read-only DictConfig following :class:`Config`, interpolations resolved.
 
     Raises:
-        ConfigError: missing file, bad YAML, unknown key, wrong type or unknown plugin option.
+        ConfigError: missing file, bad YAML, unknown key, wrong type, a value out of its range or
+            not among its choices, an unknown plugin or plugin option (also in nested specs such as
+            ``loss.extra_terms``), or a schedule that cannot be built. The message is one line that
+            starts with the key as typed (``train.steps=-5: ...``) and says what to use.
     """
     merged = OmegaConf.structured(Config)
     for layer_path, layer in _read_chain(Path(path)):
@@ -186,8 +198,13 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
         OmegaConf.resolve(merged)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"Cannot resolve an interpolation in the config: {exc}") from None
-    _check_plugins(merged)
-    _check_everything(merged.eval.everything)
+    values = to_dict(merged)
+    # Cheapest first: a bad number or choice is reported before the plugin registries import torch.
+    _check_values(values)
+    _check_relations(values)
+    _check_plugins(values)
+    _check_best_metric(values)
+    _check_augment(values)
     OmegaConf.set_readonly(merged, True)
     return merged
 
@@ -250,8 +267,9 @@ def _merge(base: DictConfig, layer: DictConfig, source: str) -> DictConfig:
 
 
 def _drop_renamed_specs(base: Any, layer: Any) -> None:
-    """A plugin spec whose ``name`` a layer changes starts from scratch: the old plugin's options
-    would not fit the new one. Specs with the same name (or none) are deep-merged as usual."""
+    """A plugin spec whose ``name`` a layer changes (or sets where there was none, as a schedule spec
+    replacing per-term weights) starts from scratch: the old plugin's options would not fit the new
+    one. Specs with the same name (or none) are deep-merged as usual."""
     if not isinstance(base, DictConfig) or not isinstance(layer, DictConfig):
         return
     for key in layer.keys():
@@ -259,7 +277,7 @@ def _drop_renamed_specs(base: Any, layer: Any) -> None:
         if not isinstance(old, DictConfig) or not isinstance(new, DictConfig):
             continue
         is_spec = OmegaConf.get_type(old) is dict  # plugin specs are free-form dicts, sections typed
-        if is_spec and "name" in new and "name" in old and new.name != old.name:
+        if is_spec and "name" in new and old.get("name") != new.name:  # e.g. per-term weights -> one spec
             with open_dict(base):
                 base[key] = {}
         else:
@@ -322,31 +340,393 @@ def _known_keys(dotted_parent: str) -> list[str]:
     return [f.name for f in fields(schema)]
 
 
-EVERYTHING_METRICS = ("ap", "ap50", "ar100", "ar1000", "msa")
+# -- values ------------------------------------------------------------------------------------
+# Every value of the schema is checked here when a config loads, so that a bad value ends in one
+# line naming the key (``train.steps=-5: use a whole number >= 1 ...``) before torch, data or a run
+# folder. Paths are left to the code that opens them; plugin specs are checked by _check_plugins.
+# The consumers keep these choices too (tests/test_config_values.py checks that both agree).
+
+MODEL_NAMES = tuple(ARCHS)
+ON_ERROR = ("skip", "raise")  # samft.data.errors
+PROMPT_MODES = ("point", "box", "point_or_box")  # samft.data.prompts
+ROUND_LOSSES = ("mean", "sum", "last")  # samft.engine.interactive
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # samft.engine.runtime
+LOSS_RESOLUTIONS = ("low_res", "input")  # samft.engine.step
+BEST_MODES = ("max", "min")
+EVERYTHING_METRICS = ("ap", "ap50", "ar100", "ar1000", "msa")  # samft.engine.everything
+DEVICES = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-def _check_everything(e: DictConfig) -> None:
-    if e.best_metric not in EVERYTHING_METRICS:
-        raise ConfigError(f"eval.everything.best_metric={e.best_metric!r}: use one of {', '.join(EVERYTHING_METRICS)}.")
-    for key in ("every", "crop_n_layers"):
-        if e[key] < 0:
-            raise ConfigError(f"eval.everything.{key}={e[key]}: it must be >= 0.")
-    for key in ("max_images", "points_per_side", "points_per_batch"):
-        if e[key] < 1:
-            raise ConfigError(f"eval.everything.{key}={e[key]}: it must be >= 1.")
-    for key in ("iou_grid", "stability_grid"):
-        if not e[key] or any(not 0.0 <= v <= 1.0 for v in e[key]):
-            raise ConfigError(f"eval.everything.{key}={list(e[key])}: give one or more thresholds in [0, 1].")
+@dataclass(frozen=True)
+class Rule:
+    """What one config value must be.
+
+    Attributes:
+        ok: True for an acceptable value (never called with None when ``null`` is set).
+        expect: What to use, completing "use ...", e.g. ``"a whole number >= 1"``.
+        note: What the value means, shown in parentheses.
+        null: When set, null is allowed too and this says what it means (``"for no clipping"``).
+        choices: The allowed values of a fixed choice (a close one is suggested).
+    """
+
+    ok: Callable[[Any], bool]
+    expect: str
+    note: str = ""
+    null: str = ""
+    choices: tuple[str, ...] = ()
+
+    def problem(self, key: str, value: Any) -> str | None:
+        """The one-line message for ``key=value``, or None when the value is acceptable."""
+        if (value is None and self.null) or (value is not None and self.ok(value)):
+            return None
+        use = f"use {self.expect}" + (f", or null {self.null}" if self.null else "")
+        note = f" ({self.note})" if self.note else ""
+        hint = did_you_mean(str(value), list(self.choices)) if self.choices and isinstance(value, str) else ""
+        return f"{key}={shown(value)}: {use}{note}.{hint}"
 
 
-def _check_plugins(cfg: DictConfig) -> None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _count(low: int, note: str = "", null: str = "") -> Rule:
+    return Rule(lambda v: _is_int(v) and v >= low, f"a whole number >= {low}", note, null)
+
+
+def _in(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (_is_real(v) and (v > low if low_open else v >= low) and (v < high if high_open else v <= high))
+
+
+def _interval(low: float, high: float, low_open: bool = False, high_open: bool = False, note: str = "",
+              null: str = "") -> Rule:
+    span = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+    return Rule(_in(low, high, low_open, high_open), f"a number in {span}", note, null)
+
+
+def _positive(note: str = "", null: str = "") -> Rule:
+    return Rule(lambda v: _is_real(v) and v > 0, "a number > 0", note, null)
+
+
+def _non_negative(note: str = "") -> Rule:
+    return Rule(lambda v: _is_real(v) and v >= 0, "a number >= 0", note)
+
+
+def _choice(choices: tuple[str, ...], note: str = "") -> Rule:
+    return Rule(lambda v: v in choices, "one of " + ", ".join(choices), note, choices=choices)
+
+
+def _text(expect: str = "a non-empty text", note: str = "", null: str = "") -> Rule:
+    return Rule(lambda v: isinstance(v, str) and v.strip() != "", expect, note, null)
+
+
+def _folder_name(v: Any) -> bool:
+    return isinstance(v, str) and v.strip() == v and v not in ("", ".", "..") and not set(v) & set("/\\")
+
+
+def _grid(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(_in(0.0, 1.0)(t) for t in v)
+
+
+SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 2**62",
+            "torch's generators take a 64-bit seed, offset by the rank")
+
+# Every key of the schema that is not a bool has a rule here or in NOT_RULED (tests enforce it).
+RULES: dict[str, Rule] = {
+    "model.name": _choice(MODEL_NAMES, "the SAM variant; vit_tiny is a small CPU model"),
+    "data.batch_size": _count(1, "images per step and rank"),
+    "data.max_masks": _count(1, "masks per image and step"),
+    "data.min_area": _count(0, "masks with fewer pixels are dropped"),
+    "data.max_area_frac": _interval(0, 1, low_open=True, note="masks covering a larger share of the image are dropped"),
+    "data.min_predicted_iou": _interval(0, 1, note="masks whose predicted_iou is lower are dropped"),
+    "data.min_stability": _interval(0, 1, note="masks whose stability_score is lower are dropped"),
+    "data.num_workers": _count(0, "data loader processes; 0 loads in the training process"),
+    "data.on_error": _choice(ON_ERROR, "skip: log, count and leave a bad file out; raise: stop"),
+    "data.dist_clip": _positive("a share of the input side", null="for unclipped maps"),
+    "prompts.mode": _choice(PROMPT_MODES, "the first prompt of every mask"),
+    "prompts.box_prob": _interval(0, 1, note="the probability of a box in point_or_box mode"),
+    "prompts.correction_clicks": _count(0, "rounds adding one click each"),
+    "prompts.extra_rounds": _count(0, "rounds with only the fed-back mask"),
+    "prompts.round_loss": _choice(ROUND_LOSSES, "how the rounds' losses combine"),
+    "optim.lr": _positive("the base learning rate, e.g. 8e-4"),
+    "optim.betas": Rule(lambda v: isinstance(v, list) and len(v) == 2 and all(_in(0, 1, high_open=True)(b) for b in v),
+                        "two numbers in [0, 1), e.g. [0.9, 0.999]", "AdamW's betas"),
+    "optim.weight_decay": _non_negative("AdamW's decoupled weight decay"),
+    "optim.encoder_lr": _positive("to keep the encoder fixed, set model.freeze_image_encoder=true instead",
+                                  null="for optim.lr"),
+    "optim.layer_decay": _interval(0, 1, low_open=True, note="1: no layer-wise decay; SAM: 0.6 ViT-B, 0.8 ViT-L/H"),
+    "optim.grad_clip": _positive("the max L2 norm of all gradients", null="for no clipping"),
+    "train.steps": _count(1, "optimiser steps to train"),
+    "train.device": Rule(lambda v: isinstance(v, str) and DEVICES.fullmatch(v) is not None,
+                         "auto, cpu, cuda, cuda:N or mps", choices=("auto", "cpu", "cuda", "mps")),
+    "train.precision": _choice(PRECISIONS, "auto: bf16 on CUDA when supported, else fp32"),
+    "train.seed": SEED,
+    "train.grad_accum": _count(1, "batches per optimiser step; 1 = no accumulation"),
+    "train.loss_resolution": _choice(LOSS_RESOLUTIONS, "low_res: the decoder's logits; input: upsampled"),
+    "train.run_name": Rule(_folder_name, "a folder name without '/'", null="for <config name>-<time>"),
+    "train.val_every": _count(1, "steps between validations"),
+    "train.checkpoint_every": _count(1, "steps between checkpoints"),
+    "train.max_nonfinite_steps": _count(1, "non-finite losses in a row that stop the run"),
+    "train.grad_analysis_every": _count(0, "0: off"),
+    "train.grad_analysis_layer": _text("a module name, e.g. mask_decoder.transformer.norm_final_attn"),
+    "train.threads": _count(1, "intra-op CPU threads", null="to choose from the usable CPUs"),
+    "eval.max_images": _count(1, "validation images"),
+    "eval.max_masks": _count(1, "masks per validation image"),
+    "eval.clicks": _count(0, "correction clicks of the click metric; 0: single prompts only"),
+    "eval.seed": SEED,
+    "eval.best_mode": _choice(BEST_MODES, "whether a larger or a smaller eval.best_metric is better"),
+    "eval.everything.every": _count(0, "steps between evaluations during training; 0: only with tools/evaluate.py"),
+    "eval.everything.max_images": _count(1),
+    "eval.everything.iou_grid": Rule(_grid, "one or more thresholds in [0, 1]"),
+    "eval.everything.stability_grid": Rule(_grid, "one or more thresholds in [0, 1]"),
+    "eval.everything.best_metric": _choice(EVERYTHING_METRICS, "picks the threshold pair reported"),
+    "eval.everything.points_per_side": _count(1),
+    "eval.everything.points_per_batch": _count(1),
+    "eval.everything.crop_n_layers": _count(0),
+    "tracking.experiment": _text("a non-empty name"),
+    "tracking.run_name": _text("a non-empty name", null="for the run folder's name"),
+    "tracking.log_every": _count(1, "steps between logged training metrics"),
+    "tracking.overlays": _count(0, "validation images drawn with their masks"),
+}
+
+# Keys without a rule above: paths and URIs (checked where they are opened) and values checked
+# with the others they depend on (_check_relations, _check_best_metric, _check_augment).
+NOT_RULED = frozenset({
+    "model.checkpoint", "model.embedding_cache", "model.image_size", "data.train", "data.val", "data.augment",
+    "data.dist_map_cache", "train.output_dir", "train.resume", "eval.best_metric", "tracking.uri",
+})
+
+
+def shown(value: Any) -> str:
+    """``value`` written as it would be typed in an override (``null``, ``true``, ``[0.9, 0.999]``)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        plain = value and value.strip() == value and not set(value) & set(",[]{}:='\"")
+        return value if plain else repr(value)
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k}: {shown(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(shown(v) for v in value) + "]"
+    return str(value)
+
+
+def _value(values: Mapping[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        values = values[part]
+    return values
+
+
+def _check_values(values: Mapping[str, Any]) -> None:
+    for key, rule in RULES.items():
+        problem = rule.problem(key, _value(values, key))
+        if problem:
+            raise ConfigError(problem)
+
+
+def _check_relations(values: Mapping[str, Any]) -> None:
+    """Values that are only wrong together with others."""
+    m, d, t = values["model"], values["data"], values["train"]
+    size, arch = m["image_size"], ARCHS[m["name"]]
+    if not _is_int(size) or size < PATCH_SIZE or size % PATCH_SIZE:
+        raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {PATCH_SIZE} "
+                          f"(the input side after resize and pad; e.g. {arch.fixed_image_size or 256}).")
+    if arch.fixed_image_size is not None and size != arch.fixed_image_size:
+        raise ConfigError(
+            f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
+            f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")
+    if t["precision"] == "fp16" and t["device"] == "cpu":
+        raise ConfigError("train.precision=fp16: fp16 needs a GPU, and train.device=cpu; "
+                          "use train.precision=bf16 or fp32 on a CPU.")
+    if m["embedding_cache"] and not m["freeze_image_encoder"]:
+        raise ConfigError(f"model.embedding_cache={shown(m['embedding_cache'])}: the cache needs "
+                          "model.freeze_image_encoder=true (a trained encoder changes its embeddings every step).")
+    if m["embedding_cache"] and d["augment"]:
+        raise ConfigError(f"model.embedding_cache={shown(m['embedding_cache'])}: the cache needs data.augment=[] "
+                          "(augmented images differ every epoch, so their embeddings cannot be reused).")
+
+
+def _validation_keys(values: Mapping[str, Any]) -> list[str]:
+    """The metrics validation logs with this config (samft.engine.evaluate; samft.metrics declares them)."""
+    from samft.metrics import VALIDATION_METRICS
+
+    e = values["eval"]
+    names = [k for k, better in VALIDATION_METRICS.items() if better and "*" not in k and "everything" not in k]
+    names += ["baseline_miou_point", "baseline_miou_box"]
+    if e["clicks"]:
+        names.append(f"miou_click{e['clicks']}")
+    if e["everything"]["every"]:
+        names += [f"everything_{m}" for m in EVERYTHING_METRICS]
+    return [f"val/{k}" for k in names]
+
+
+def _check_best_metric(values: Mapping[str, Any]) -> None:
+    from samft.metrics import VALIDATION_METRICS, direction
+
+    e = values["eval"]
+    key, known = e["best_metric"], _validation_keys(values)
+    if key not in known:
+        name = str(key).removeprefix("val/")
+        clicks = re.fullmatch(r"miou_click(\d+)", name)
+        if str(key).startswith("val/") and name in VALIDATION_METRICS and VALIDATION_METRICS[name] is None:
+            why = f"{key} has no better end (a count or a setting); use a score"
+        elif clicks:
+            now = f"val/miou_click{e['clicks']}" if e["clicks"] else "no click metric (eval.clicks=0)"
+            why = f"validation logs {now} with this config; set eval.clicks={clicks[1]} as well, or use another metric"
+        elif name.removeprefix("everything_") in EVERYTHING_METRICS and not e["everything"]["every"]:
+            why = ("validation logs no 'segment everything' metric with this config (eval.everything.every=0); "
+                   "set eval.everything.every=K (steps between those evaluations), or use another metric")
+        else:
+            why = "not a metric validation logs with this config; use one of them"
+        raise ConfigError(f"eval.best_metric={shown(key)}: {why}. Metrics: {', '.join(known)}."
+                          f"{did_you_mean(str(key), known)}")
+    mode = "max" if direction(key) == "higher" else "min"
+    if e["best_mode"] != mode:
+        raise ConfigError(f"eval.best_mode={e['best_mode']}: {key} is better {direction(key)}, "
+                          f"so use eval.best_mode={mode} (or pick another eval.best_metric).")
+
+
+def _check_augment(values: Mapping[str, Any]) -> None:
+    specs = values["data"]["augment"]
+    if not specs:
+        return
+    from samft.data.errors import DataError
+    from samft.data.transforms import build_augmentation  # albumentations: only for configs that augment
+
+    try:
+        build_augmentation(specs, where="data.augment")
+    except DataError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+# -- plugin specs --------------------------------------------------------------------------------
+PLUGIN_SLOTS = {"loss": LOSSES, "weighting": WEIGHTINGS, "schedule": SCHEDULES}
+
+# Options of built-in plugins that hold further specs, checked like the slots (name, options; a
+# schedule also by building it): (registry kind, plugin) -> {option: shape}, the shapes being
+#   loss       a loss spec (a name or {name: ..., **options})
+#   loss_terms {term: loss spec}, terms named apart from the sam objective's own
+#   combined   {term: loss spec, its name defaulting to the term, with a weight}
+#   schedule   a number or a schedule spec
+#   weights    a number or schedule spec for every term, or {term: number or schedule spec}
+NESTED: dict[tuple[str, str], dict[str, str]] = {
+    ("losses", "sam"): {"extra_terms": "loss_terms"},
+    ("losses", "combined"): {"terms": "combined"},
+    ("losses", "multi_granularity"): {"loss": "loss"},
+    ("losses", "valid_pixel_weighted"): {"base": "loss"},
+    ("losses", "weighted"): {"base": "loss"},
+    ("weightings", "fixed"): {"weights": "weights"},
+    ("schedules", "warmup"): {"after": "schedule"},
+}
+SAM_TERMS = ("loss", "focal", "dice", "iou", "selected")  # samft.losses.sam: the objective's own keys
+
+
+def _check_plugins(values: Mapping[str, Any]) -> None:
     for key, registry in PLUGIN_SLOTS.items():
-        spec = OmegaConf.to_container(cfg[key], resolve=True)
-        if not isinstance(spec, dict) or "name" not in spec:
-            raise ConfigError(f"Config key '{key}' must be a mapping with a 'name', got {spec!r}.")
-        name = spec.pop("name")
+        _check_spec(values[key], registry, key)
+    from samft.losses import declared_terms
+
+    weighting = dict(values["weighting"])
+    _build(WEIGHTINGS, str(weighting.pop("name")), weighting, "weighting", terms=declared_terms(values["loss"]))
+
+
+def _check_spec(spec: Any, registry: Registry, path: str, default_name: str | None = None) -> None:
+    """Check one plugin spec at ``path``: a known name, known options, its nested specs and, for a
+    schedule, its values (schedules are cheap to build and have no other inputs)."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    known = f"Known {registry.kind}: {', '.join(registry.names())}."
+    if not isinstance(spec, Mapping):
+        raise ConfigError(f"{path}={shown(spec)}: use a mapping {{name: ..., **options}} naming a {registry.item}. "
+                          f"{known}")
+    given, spec = spec, dict(spec)
+    name = spec.pop("name", default_name)
+    if name is None:
+        raise ConfigError(f"{path}={shown(given)}: add the {registry.item}'s name ({path}.name=...). {known}")
+    try:
+        obj = registry.get(str(name))
+    except RegistryError as exc:
+        where = f"{path}.name={shown(name)}" if default_name is None or name != default_name else path
+        raise ConfigError(f"{where}: {exc}") from None
+    for option, value in spec.items():
         try:
-            obj = registry.get(str(name))
-            check_options(obj, spec, f"{registry.item} {name!r}")
+            check_options(obj, {option: value}, f"{registry.item} {name!r}")
         except RegistryError as exc:
-            raise ConfigError(f"Config key '{key}': {exc}") from None
+            raise ConfigError(f"{path}.{option}={shown(value)}: {exc}") from None
+    for option, shape in NESTED.get((registry.kind, str(name)), {}).items():
+        if spec.get(option) is not None:
+            _check_nested(spec[option], shape, f"{path}.{option}")
+    if registry is SCHEDULES:
+        _check_required(obj, str(name), spec, path)
+    if registry is not WEIGHTINGS:  # a weighting needs the loss's terms: _check_plugins builds it
+        _build(registry, str(name), spec, path)
+
+
+def _check_nested(value: Any, shape: str, path: str) -> None:
+    if shape == "loss":
+        _check_spec(value, LOSSES, path)
+    elif shape == "schedule":
+        _check_schedule_value(value, path)
+    elif shape == "weights":
+        if isinstance(value, Mapping) and "name" not in value:
+            for term, each in value.items():
+                _check_schedule_value(each, f"{path}.{term}")
+        else:
+            _check_schedule_value(value, path)
+    else:  # a mapping of named terms
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{path}={shown(value)}: use a mapping {{term: loss spec}}, "
+                              f"e.g. {path}={{boundary: {{name: boundary}}}}.")
+        for term, spec in value.items():
+            reserved = term in SAM_TERMS if shape == "loss_terms" else term == "loss" or "/" in str(term)
+            if reserved:
+                why = (f"the sam objective's own terms are {', '.join(SAM_TERMS)}" if shape == "loss_terms"
+                       else "'loss' is the total and '/' separates a term's parts")
+                raise ConfigError(f"{path}.{term}: the term name {term!r} is taken ({why}); rename the term.")
+            if shape == "combined" and isinstance(spec, Mapping):
+                spec = dict(spec)
+                weight = spec.pop("weight", 1.0)
+                if not _is_real(weight):
+                    raise ConfigError(f"{path}.{term}.weight={shown(weight)}: use a finite number.")
+            _check_spec(spec, LOSSES, f"{path}.{term}", default_name=str(term) if shape == "combined" else None)
+
+
+def _check_schedule_value(value: Any, path: str) -> None:
+    if isinstance(value, Mapping):
+        _check_spec(value, SCHEDULES, path)
+    elif not _is_real(value):
+        raise ConfigError(f"{path}={shown(value)}: use a finite number or a schedule spec such as "
+                          "{name: linear, start: 0.0, end: 1.0, total_steps: 1000}.")
+
+
+def _check_required(obj: Any, name: str, options: Mapping[str, Any], path: str) -> None:
+    try:
+        params = inspect.signature(obj).parameters
+    except (TypeError, ValueError):  # no signature: building it will tell
+        return
+    missing = [p for p, param in params.items() if param.default is param.empty
+               and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY) and p not in options]
+    if missing:
+        raise ConfigError(f"{path}: schedule {name!r} needs {', '.join(missing)} (e.g. {path}.{missing[0]}=...). "
+                          f"Its options: {', '.join(params)}.")
+
+
+def _build(registry: Registry, name: str, options: Mapping[str, Any], path: str, **extra: Any) -> None:
+    """Build the plugin once, as the trainer will: its constructor checks the option values. Losses
+    and schedules are cheap to build and pure; the built object is dropped."""
+    try:
+        registry.build({"name": name, **options}, **extra)
+    except (ValueError, TypeError) as exc:
+        option = re.search(r"\b(\w+) (?:must|needs|names)\b", str(exc))
+        if option and option[1] in options:
+            key, value = f"{path}.{option[1]}", options[option[1]]
+            entry = re.search(r"\bnames '([^']+)'", str(exc))  # a per-term option naming a term that is not one
+            if entry and isinstance(value, Mapping) and entry[1] in value:
+                key, value = f"{key}.{entry[1]}", value[entry[1]]
+            raise ConfigError(f"{key}={shown(value)}: {exc}") from None
+        raise ConfigError(f"{path} ({registry.item} {name!r}): {exc}") from None

@@ -24,7 +24,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "samft"
 
-LEAVES = ("samft.checks", "samft.prompt_labels", "samft.registry", "samft.safe_load", "samft.signed_distance")
+LEAVES = ("samft.archs", "samft.checks", "samft.prompt_labels", "samft.registry", "samft.safe_load",
+          "samft.signed_distance")
 APPLICATION = ("samft.cli", "samft.config", "samft.engine", "samft.export", "samft.predict", "samft.predict_cli",
                "samft.tracking")
 #: package -> the samft packages it must not import (besides the application, which no library package imports)

@@ -91,9 +91,9 @@ def test_wrong_type_names_key_and_value():
 
 
 def test_unknown_plugin_and_option_are_rejected_with_suggestions():
-    with pytest.raises(ConfigError, match=r"'loss'.*Unknown loss 'dcie'.*Did you mean 'dice'\?"):
+    with pytest.raises(ConfigError, match=r"^loss.name=dcie: Unknown loss 'dcie'.*Did you mean 'dice'\?"):
         load(CONFIGS / "sam_ft.yaml", ["loss={name: dcie}"])
-    with pytest.raises(ConfigError, match=r"'loss'.*no option 'focal_gama'.*Did you mean 'focal_gamma'"):
+    with pytest.raises(ConfigError, match=r"^loss.focal_gama=3: .*no option 'focal_gama'.*Did you mean 'focal_gamma'"):
         load(CONFIGS / "sam_ft.yaml", ["loss.focal_gama=3"])
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from samft.config import ConfigError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
@@ -44,7 +46,10 @@ def select_device(requested: str = "auto") -> torch.device:
         return torch.device("cpu")
     device = torch.device(requested)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={requested} but CUDA is not available here. Use train.device=auto or cpu.")
+        raise ConfigError(f"train.device={requested}: CUDA is not available here. Use train.device=auto or cpu.")
+    mps = getattr(torch.backends, "mps", None)
+    if device.type == "mps" and not (mps is not None and mps.is_available()):
+        raise ConfigError(f"train.device={requested}: Apple MPS is not available here. Use train.device=auto or cpu.")
     if device.type == "cuda" and device.index is not None:
         # Kernels launched without an explicit device, and libraries that use "the current device",
         # would otherwise run on cuda:0.
@@ -55,10 +60,10 @@ def select_device(requested: str = "auto") -> torch.device:
 def resolve_precision(requested: str, device: torch.device) -> str:
     """``auto``: bf16 on CUDA devices that support it (SAM 2's choice), else fp32."""
     if requested not in PRECISIONS:
-        raise ValueError(f"train.precision={requested!r}; choose one of {', '.join(PRECISIONS)}.")
+        raise ConfigError(f"train.precision={requested!r}; choose one of {', '.join(PRECISIONS)}.")
     if requested != "auto":
         if requested == "fp16" and device.type == "cpu":
-            raise ValueError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32.")
+            raise ConfigError("train.precision=fp16 needs a GPU; on CPU use bf16 or fp32.")
         return requested
     if device.type == "cuda" and native_bf16(device):
         return "bf16"

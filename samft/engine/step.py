@@ -11,6 +11,8 @@ from segment_anything.modeling import Sam
 from samft.data import Batch
 from samft.models import decode_masks, output_candidates, preprocess, upscale
 
+LOSS_RESOLUTIONS = ("low_res", "input")  # train.loss_resolution
+
 
 class Prediction(NamedTuple):
     """Decoder outputs for N mask prompts; ``logits`` at the loss resolution.
@@ -41,6 +43,8 @@ def predict(model: Sam, embeddings: torch.Tensor, batch: Batch, *, multimask: bo
         resolution: ``low_res`` keeps the decoder's 4h x 4w logits (targets are downsampled);
             ``input`` upsamples the logits to the padded input size S (targets stay as they are).
     """
+    if resolution not in LOSS_RESOLUTIONS:  # never a silent low_res for a misspelt choice
+        raise ValueError(f"train.loss_resolution={resolution!r}: use one of {', '.join(LOSS_RESOLUTIONS)}.")
     low_res, iou_pred = decode_masks(model, embeddings, batch.image_index, batch.points, batch.point_labels,
                                      mask_inputs)
     logits = upscale(low_res, batch.images.shape[-1]) if resolution == "input" else low_res

@@ -115,8 +115,6 @@ class Trainer:
                  run_prefix: str | None = None) -> None:
         self.cfg = cfg
         self.run_prefix = run_prefix
-        if cfg.train.grad_accum < 1:
-            raise ConfigError(f"train.grad_accum={cfg.train.grad_accum}: it must be >= 1 (1 = no accumulation).")
         self.root = Path(project_root or Path.cwd())
         self.dist = dist.from_env()
         self.runtime = make_runtime(cfg.train.device, cfg.train.precision,
@@ -170,12 +168,6 @@ class Trainer:
         m = self.cfg.model
         if not m.embedding_cache:
             return None
-        if not m.freeze_image_encoder:
-            raise ConfigError("model.embedding_cache needs model.freeze_image_encoder=true: a trained encoder "
-                              "changes its embeddings every step.")
-        if self.cfg.data.augment:
-            raise ConfigError("model.embedding_cache needs data.augment: [] (augmented images differ every "
-                              "epoch, so their embeddings cannot be reused).")
         return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size)
 
     def _cached_embeddings(self, batch: Batch) -> Batch:

@@ -7,43 +7,17 @@ runs, demos and tests. Every model is a :class:`segment_anything.modeling.Sam`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 
 import torch
 import torch.utils.checkpoint
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
+from samft.archs import ARCHS, PATCH_SIZE
 from samft.registry import did_you_mean
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
-PATCH_SIZE = 16
-
-
-@dataclass(frozen=True)
-class SamArch:
-    """Sizes of one SAM variant (image encoder ViT + prompt/mask decoder)."""
-
-    embed_dim: int
-    depth: int
-    num_heads: int
-    global_attn_indexes: tuple[int, ...]
-    window_size: int = 14
-    prompt_dim: int = 256
-    decoder_mlp_dim: int = 2048
-    decoder_heads: int = 8
-    fixed_image_size: int | None = 1024  # released checkpoints need exactly this input size
-
-
-ARCHS: dict[str, SamArch] = {
-    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11)),
-    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23)),
-    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31)),
-    # ~0.56M parameters: trains on a CPU in minutes; same modules, same forward path.
-    "vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256,
-                        decoder_heads=4, fixed_image_size=None),
-}
 
 
 def build_model(name: str, image_size: int = 1024) -> Sam:
