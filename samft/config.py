@@ -348,7 +348,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 
 MODEL_NAMES = tuple(ARCHS)
 ON_ERROR = ("skip", "raise")  # samft.data.errors
-PROMPT_MODES = ("point", "box", "point_or_box")  # samft.data.prompts
+PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
 ROUND_LOSSES = ("mean", "sum", "last")  # samft.engine.interactive
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")  # samft.engine.runtime
 LOSS_RESOLUTIONS = ("low_res", "input")  # samft.engine.step

@@ -3,14 +3,14 @@
 Read from the source with ``ast`` (nothing is imported), so the rules hold for every import,
 including the lazy ones inside functions. The layers, bottom up:
 
-* leaves, importing nothing from samft: ``registry``, ``checks`` (option checks), ``prompt_labels``
-  (the prompt-token labels), ``signed_distance`` (Kervadec's distance map), ``safe_load``;
+* leaves, importing nothing from samft: ``registry``, ``checks`` (option checks), ``archs`` (model sizes),
+  ``prompting`` (prompt labels and samplers), ``signed_distance`` (Kervadec's distance map), ``safe_load``;
 * the library: ``models``, ``data``, ``schedules``, ``losses`` (may use ``schedules``),
   ``weighting`` (may use ``schedules``), ``metrics``;
 * the application: ``engine``, ``tracking``, ``config``, ``export``, ``cli``, ``predict``.
 
 When a rule fails, do not add an exception here: move what both sides need into a module below both
-(as ``samft.prompt_labels`` holds the labels that ``data.prompts`` writes and ``models.forward`` reads).
+(as ``samft.prompting`` holds the prompt labels and samplers that data, the forward pass and the engine use).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "samft"
 
-LEAVES = ("samft.archs", "samft.checks", "samft.prompt_labels", "samft.registry", "samft.safe_load",
+LEAVES = ("samft.archs", "samft.checks", "samft.prompting", "samft.registry", "samft.safe_load",
           "samft.signed_distance")
 APPLICATION = ("samft.cli", "samft.config", "samft.engine", "samft.export", "samft.predict", "samft.predict_cli",
                "samft.tracking")
@@ -63,7 +63,7 @@ def _path(module: str) -> str:
 
 
 def _known(name: str) -> str:
-    """The samft module a dotted name lives in (``samft.data.prompts.PAD`` -> ``samft.data.prompts``)."""
+    """The samft module a dotted name lives in (``samft.prompting.PAD`` -> ``samft.prompting``)."""
     while name and name not in MODULES:
         name = name.rpartition(".")[0]
     return name
@@ -143,7 +143,7 @@ def _cycles(imports: list[Import]) -> list[list[str]]:
 def test_the_parser_sees_module_level_and_lazy_imports():
     """Guards the guard: the rules below would pass vacuously on a parser that finds nothing."""
     edges = {(i.source, i.target, i.lazy) for i in IMPORTS}
-    assert ("samft.models.forward", "samft.prompt_labels", False) in edges
+    assert ("samft.models.forward", "samft.prompting", False) in edges
     assert ("samft.losses", "samft.losses.boundary", False) in edges  # from samft.losses import boundary
     assert ("samft.cli", "samft.engine.trainer", True) in edges  # inside a function
     assert all(i.target in MODULES for i in IMPORTS)
@@ -163,7 +163,7 @@ def test_library_packages_import_only_downwards(package):
                                if _within(i.source, package) and any(_within(i.target, f) for f in forbidden)))
     assert not found, (
         f"{package} must not import {', '.join(forbidden)}; move what both sides need into a module below "
-        "both (e.g. samft/prompt_labels.py, samft/checks.py, samft/signed_distance.py):\n" + "\n".join(found)
+        "both (e.g. samft/prompting.py, samft/checks.py, samft/signed_distance.py):\n" + "\n".join(found)
     )
 
 

@@ -195,11 +195,11 @@ def test_every_value_of_the_schema_has_a_check():
 
 def test_choices_agree_with_their_consumers():
     from samft.data.errors import ON_ERROR
-    from samft.data.prompts import PROMPT_MODES
     from samft.engine.interactive import ROUND_LOSSES
     from samft.engine.runtime import PRECISIONS
     from samft.engine.step import LOSS_RESOLUTIONS
     from samft.models import ARCHS
+    from samft.prompting import PROMPT_MODES
 
     assert tuple(ON_ERROR) == config.ON_ERROR and tuple(PROMPT_MODES) == config.PROMPT_MODES
     assert ROUND_LOSSES == config.ROUND_LOSSES and PRECISIONS == config.PRECISIONS

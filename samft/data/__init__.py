@@ -1,4 +1,4 @@
-"""SA-1B data: reader, index, augmentations, prompts, distance maps, collate and demo data.
+"""SA-1B data: reader, index, augmentations, distance maps, collate and demo data (prompts: samft.prompting).
 
 The engine's contract::
 
@@ -8,12 +8,6 @@ The engine's contract::
 
 from samft.data.collate import Batch, collate_masks
 from samft.data.errors import BadFile, DataError
-from samft.data.prompts import (
-    append_clicks, pad_prompts, sample_boxes, sample_correction_clicks, sample_points, sample_prompts,
-)
 from samft.data.sa1b import SA1BDataset
 
-__all__ = [
-    "BadFile", "Batch", "DataError", "SA1BDataset", "append_clicks", "collate_masks", "pad_prompts", "sample_boxes",
-    "sample_correction_clicks", "sample_points", "sample_prompts",
-]
+__all__ = ["BadFile", "Batch", "DataError", "SA1BDataset", "collate_masks"]

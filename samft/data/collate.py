@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from samft.data.prompts import pad_prompts
+from samft.prompting import pad_prompts
 from samft.data.sa1b import SKIPPED
 
 
@@ -19,7 +19,7 @@ class Batch:
     Per image: ``images`` uint8 ``[B, 3, S, S]`` (resized, padded bottom-right), ``valid`` bool
     ``[B, S, S]`` (False on padding), ``meta`` (B dicts). Per mask: ``masks`` bool ``[N, S, S]``,
     ``points`` float32 ``[N, P, 2]`` and ``point_labels`` int64 ``[N, P]`` (see
-    :mod:`samft.data.prompts`; -1 pads), ``image_index`` int64 ``[N]`` (the image of each mask),
+    :mod:`samft.prompting`; -1 pads), ``image_index`` int64 ``[N]`` (the image of each mask),
     ``dist_maps`` float32 ``[N, S, S]`` when asked for. ``skipped``: unreadable files left out.
     ``embeddings`` ``[B, C, h, w]``: image embeddings from the embedding cache (the encoder is then
     skipped); ``cached_embeddings``: what the loader's workers read from it ahead (one per image, or None).

@@ -29,7 +29,7 @@ from samft.data.distance_maps import DistanceMapCache, default_cache_dir, fast_s
 from samft.data.errors import BadFile, DataError, check_on_error
 from samft.data.images import read_image
 from samft.data.index import load_index, resolve_inside
-from samft.data.prompts import PROMPT_MODES, sample_prompts
+from samft.prompting import PROMPT_MODES, sample_prompts
 from samft.data.rle import checked_rle, decode_resized
 from samft.data.transforms import (
     apply_augmentation, build_augmentation, pad_bottom_right, resize_image, resize_mask, resized_shape,
@@ -175,7 +175,7 @@ class SA1BDataset(Dataset):
         Returns:
             ``image`` uint8 ``[3, S, S]``; ``masks`` bool ``[K, S, S]``; ``valid`` bool ``[S, S]``;
             ``points`` float32 ``[K, P, 2]`` and ``point_labels`` int64 ``[K, P]`` (see
-            :mod:`samft.data.prompts`); ``dist_maps`` float32 ``[K, S, S]`` when enabled; ``meta``
+            :mod:`samft.prompting`); ``dist_maps`` float32 ``[K, S, S]`` when enabled; ``meta``
             with ``image_id``, ``file``, ``original_size`` (H, W), ``input_size`` (h, w) before
             padding, ``annotation_ids`` and ``point_coords`` (the json's point of each mask,
             carried through the transforms, float32 ``[K, 2]``). A skipped item is

@@ -21,33 +21,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy import ndimage
 from segment_anything.modeling import Sam
 
 from samft.data import Batch
-from samft.data.prompts import tight_boxes
 from samft.engine import distributed as dist
 from samft.engine.interactive import Rounds, run_rounds
 from samft.engine.runtime import Runtime
 from samft.engine.step import encode_images, to_device
 from samft.models import best_output, upscale
-from samft.prompt_labels import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE
+from samft.prompting import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, POSITIVE, center_points, tight_boxes
 from samft.registry import METRICS
-
-
-def center_points(masks: torch.Tensor) -> torch.Tensor:
-    """The pixel of each mask farthest from its boundary, ``[N, 1, 2]`` as (x, y).
-
-    Args:
-        masks: ``[N, H, W]`` bool; every mask must be non-empty.
-    """
-    points = []
-    for mask in masks.cpu().numpy().astype(bool):
-        # Pad so that a mask touching the image border still has a boundary there.
-        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
-        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
-        points.append((float(x), float(y)))
-    return torch.tensor(points, dtype=torch.float32, device=masks.device).view(-1, 1, 2)
 
 
 def filled_boxes(boxes: torch.Tensor, size: int) -> torch.Tensor:

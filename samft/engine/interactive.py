@@ -21,9 +21,9 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from samft.data import Batch
-from samft.data.prompts import append_clicks, sample_correction_clicks
 from samft.engine.step import Prediction, encode_images, predict
 from samft.models import best_output, upscale
+from samft.prompting import append_clicks, sample_correction_clicks
 
 ROUND_LOSSES = ("mean", "sum", "last")
 

@@ -4,7 +4,7 @@
 the three submodules directly. Prompts of any mix (points, boxes, correction clicks) travel as one
 tensor of tokens per mask: ``points [N, P, 2]`` with ``labels [N, P]`` where 1/0 are positive/negative
 clicks, 2/3 the top-left/bottom-right box corners (SAM 2's convention) and -1 padding
-(:mod:`samft.prompt_labels`).
+(:mod:`samft.prompting`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
-from samft.prompt_labels import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+from samft.prompting import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
 
 
 def preprocess(model: Sam, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

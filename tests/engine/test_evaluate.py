@@ -11,10 +11,11 @@ import torch.nn.functional as F
 
 import samft.engine.evaluate as evaluation
 from samft.data import SA1BDataset, collate_masks
-from samft.engine.evaluate import center_points, evaluate
+from samft.engine.evaluate import evaluate
 from samft.engine.runtime import make_runtime
 from samft.engine.step import Prediction
 from samft.models import build_model
+from samft.prompting import center_points
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -87,8 +88,8 @@ def test_baselines_match_hand_computed_box_and_disk():
 
     import numpy as np
 
-    from samft.data.prompts import tight_boxes
     from samft.engine.evaluate import DiskBaseline, filled_boxes
+    from samft.prompting import tight_boxes
 
     rng = np.random.default_rng(0)
     masks = np.zeros((3, 20, 24), bool)

@@ -7,9 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-import samft.data.prompts as prompts
-from samft.data.prompts import (
-    append_clicks, pad_prompts, sample_boxes, sample_correction_clicks, sample_points, sample_prompts, tight_boxes,
+import samft.prompting as prompts
+from samft.prompting import (
+    append_clicks,
+    pad_prompts,
+    sample_boxes,
+    sample_correction_clicks,
+    sample_points,
+    sample_prompts,
+    tight_boxes,
 )
 
 

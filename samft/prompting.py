@@ -1,4 +1,6 @@
-"""Prompt sampling on tensors: first prompts (point or box) and correction clicks.
+"""Prompting in one place: the prompt labels and every prompt sampler (first point or box, correction
+clicks, the evaluation's centre point), used by the data pipeline, the model's forward pass, the
+interactive rounds and evaluation alike. It imports nothing else of samft.
 
 Every function works on any device (the engine calls them on GPU batches, the dataset on CPU
 items) and takes an optional ``torch.Generator`` for reproducibility; random numbers are drawn on
@@ -6,18 +8,24 @@ the generator's device and moved to the masks' device.
 
 Coordinates are ``(x, y)`` pixel indices of the input frame: pixel ``(i, j)`` is addressed as
 ``(j, i)`` and SAM's prompt encoder adds the 0.5 that moves it to the pixel's centre. Prompts of
-one mask are ``points [P, 2]`` with ``labels [P]``: 1 positive click, 0 negative click, 2/3 the
-top-left/bottom-right box corners, -1 padding (ignored by SAM's prompt encoder), named in
-:mod:`samft.prompt_labels`. A mask that cannot give a prompt (empty mask, no error left) gets
-label -1: no prompt rather than a made-up one.
+one mask are ``points [P, 2]`` with ``labels [P]`` (the labels below). A mask that cannot give a
+prompt (empty mask, no error left) gets label -1: no prompt rather than a made-up one.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+from scipy import ndimage
 
-from samft.prompt_labels import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+# The labels of prompt tokens. SAM's prompt encoder reads 1 as a positive click, 0 as a negative
+# click and -1 as padding (a token it ignores); 2/3 mark the top-left/bottom-right box corners (SAM 2's
+# convention, which lets points and boxes share one tensor).
+PAD = -1
+NEGATIVE = 0
+POSITIVE = 1
+BOX_TOP_LEFT = 2
+BOX_BOTTOM_RIGHT = 3
 
 PROMPT_MODES = ("point", "box", "point_or_box")
 
@@ -290,3 +298,18 @@ def pad_prompts(prompts: list[tuple[torch.Tensor, torch.Tensor]], size: int | No
     if not out_points:
         return torch.zeros(0, p, 2), torch.full((0, p), PAD, dtype=torch.long)
     return torch.cat(out_points), torch.cat(out_labels)
+
+
+def center_points(masks: torch.Tensor) -> torch.Tensor:
+    """The pixel of each mask farthest from its boundary, ``[N, 1, 2]`` as (x, y).
+
+    Args:
+        masks: ``[N, H, W]`` bool; every mask must be non-empty.
+    """
+    points = []
+    for mask in masks.cpu().numpy().astype(bool):
+        # Pad so that a mask touching the image border still has a boundary there.
+        dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+        y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        points.append((float(x), float(y)))
+    return torch.tensor(points, dtype=torch.float32, device=masks.device).view(-1, 1, 2)
