@@ -8,8 +8,8 @@ later commands) in a temporary folder holding ``configs/`` and ``tools/`` of thi
 overrides of conftest.py appended, the demo data has 8 images, distance maps use one process.
 ``make demo`` runs the Makefile's own demo recipe.
 ``annotations/`` and ``train2017/``/``val2017/`` hold a small COCO dataset made here, standing in for
-the user's. ``console`` blocks are transcripts: each ``$`` command must print the shown lines
-(``...`` matches anything). ``python`` blocks run as scripts.
+the user's. ``console`` blocks are transcripts: each ``$`` command, run exactly as written (nothing appended),
+must print the shown lines (``...`` matches anything). ``python`` blocks run as scripts.
 
 Skipped, and said so in the test's output: what needs GPUs (torchrun with 8 processes per node),
 Docker, or Meta's checkpoints (whose train commands still have their config and overrides loaded),
@@ -116,11 +116,11 @@ class ReadmeRun:
                 return reason
         return None
 
-    def runnable(self, command: str) -> str:
-        """``command`` with this interpreter for .venv/bin/python and tiny step counts appended."""
+    def runnable(self, command: str, shrink: bool = True) -> str:
+        """``command`` with this interpreter for .venv/bin/python and (``shrink``) tiny step counts appended."""
         command = PYTHON.sub(shlex.quote(sys.executable), command)
         command = re.sub(r"^\.venv/bin/mlflow\b", f"{shlex.quote(sys.executable)} -m mlflow", command)
-        for tool, extra in self.tiny.items():
+        for tool, extra in self.tiny.items() if shrink else ():
             if re.search(rf"\s{re.escape(tool)}\s", command):
                 command += " " + " ".join(shlex.quote(o) for o in extra)
         return command
@@ -183,7 +183,8 @@ class ReadmeRun:
         """``$ command`` lines followed by the lines it must print (``...`` = anything)."""
         for chunk in re.split(r"^\$ ", body, flags=re.M)[1:]:
             command, *expected = chunk.strip().splitlines()
-            done = subprocess.run(["bash", "-c", self.runnable(command)], cwd=self.cwd, env=self.env,
+            # A transcript shows what exactly this command prints: nothing is appended to it.
+            done = subprocess.run(["bash", "-c", self.runnable(command, shrink=False)], cwd=self.cwd, env=self.env,
                                   capture_output=True, text=True, timeout=600)
             printed = (done.stdout + done.stderr).splitlines()
             for want in expected:
