@@ -129,8 +129,8 @@ def recipe_step(data: Path, out: Path, masks: int) -> list[tuple[str, int, int, 
     trainer = Trainer(cfg, project_root=out)
     batch = next(trainer._batches(trainer._loader(trainer.train_set, trainer.sampler)))
     repeat = -(-masks // batch.masks.shape[0])
-    for key in ("masks", "points", "point_labels", "image_index"):
-        batch[key] = batch[key].repeat_interleave(repeat, 0)[:masks]
+    batch = batch.replace(**{key: getattr(batch, key).repeat_interleave(repeat, 0)[:masks]
+                             for key in ("masks", "points", "point_labels", "image_index")})
     rows = []
     for name, plan in (("CPU chunking", sam_module.CPU_PLAN), ("GPU chunking", sam_module.ACCELERATOR_PLAN)):
         use_plan(plan)

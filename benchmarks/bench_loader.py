@@ -80,7 +80,7 @@ def main(argv: list[str]) -> int:
     base = DecodeAllDataset(root, image_size=1024, max_masks=args.max_masks)
     for i in range(len(ours)):  # same work: identical items
         a, b = ours[i], base[i]
-        assert torch.equal(a.masks, b.masks) and torch.equal(a.points, b.points)
+        assert torch.equal(a["masks"], b["masks"]) and torch.equal(a["points"], b["points"])
     times = {"sampled only (samft)": [], "decode all (baseline)": []}
     for p in range(passes):
         times["sampled only (samft)"].append(_time_pass(ours, p + 1))

@@ -623,7 +623,6 @@ NESTED: dict[tuple[str, str], dict[str, str]] = {
     ("weightings", "fixed"): {"weights": "weights"},
     ("schedules", "warmup"): {"after": "schedule"},
 }
-SAM_TERMS = ("loss", "focal", "dice", "iou", "selected")  # samft.losses.sam: the objective's own keys
 
 
 def _check_plugins(values: Mapping[str, Any]) -> None:
@@ -682,10 +681,12 @@ def _check_nested(value: Any, shape: str, path: str) -> None:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{path}={shown(value)}: use a mapping {{term: loss spec}}, "
                               f"e.g. {path}={{boundary: {{name: boundary}}}}.")
+        from samft.losses.sam import OWN_KEYS  # the registries are loaded by now (torch imported)
+
         for term, spec in value.items():
-            reserved = term in SAM_TERMS if shape == "loss_terms" else term == "loss" or "/" in str(term)
+            reserved = term in OWN_KEYS if shape == "loss_terms" else term == "loss" or "/" in str(term)
             if reserved:
-                why = (f"the sam objective's own terms are {', '.join(SAM_TERMS)}" if shape == "loss_terms"
+                why = (f"the sam objective's own terms are {', '.join(OWN_KEYS)}" if shape == "loss_terms"
                        else "'loss' is the total and '/' separates a term's parts")
                 raise ConfigError(f"{path}.{term}: the term name {term!r} is taken ({why}); rename the term.")
             if shape == "combined" and isinstance(spec, Mapping):

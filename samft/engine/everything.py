@@ -32,7 +32,7 @@ from scipy.optimize import linear_sum_assignment
 
 from samft.config import EVERYTHING_METRICS as METRIC_NAMES
 from samft.data import DataError
-from samft.engine.everything_cli import parser
+from samft.engine.everything_cli import config_overrides, parser
 
 MSA_THRESHOLDS = np.round(np.arange(0.5, 0.951, 0.05), 2)
 
@@ -197,8 +197,6 @@ def evaluate_everything(generator, json_paths: list[Path], pairs: list[tuple[flo
         pairs: (predicted IoU, stability) thresholds.
         best_metric: one of ``ap``, ``ap50``, ``ar100``, ``ar1000``, ``msa``; picks ``best_pair``.
     """
-    if best_metric not in METRIC_NAMES:
-        raise DataError(f"best metric {best_metric!r} is not one of {', '.join(METRIC_NAMES)}.")
     return summarise(score_images(generator, json_paths, pairs, progress=progress), pairs, best_metric)
 
 
@@ -209,7 +207,6 @@ def logged_metrics(result: EverythingResult) -> dict[str, float]:
             "everything_pred_iou_thresh": iou, "everything_stability_thresh": stability}
 
 
-FLAG_KEYS = ("iou_grid", "stability_grid", "best_metric", "points_per_side", "points_per_batch", "crop_n_layers")
 
 
 def everything_main(argv: list[str]) -> int:
@@ -219,9 +216,7 @@ def everything_main(argv: list[str]) -> int:
     from samft.engine.runtime import select_device
 
     args = parser().parse_intermixed_args(argv)
-    flags = [f"eval.everything.{key}={list(value) if isinstance(value, tuple) else value}"
-             for key, value in ((k, getattr(args, k)) for k in FLAG_KEYS) if value is not None]
-    cfg = load(args.config, [*args.overrides, *flags])
+    cfg = load(args.config, [*args.overrides, *config_overrides(args)])
     if not cfg.data.val:
         raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
     everything = cfg.eval.everything

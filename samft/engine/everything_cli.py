@@ -31,3 +31,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--points-per-batch", type=int, help="eval.everything.points_per_batch")
     p.add_argument("--crop-n-layers", type=int, help="eval.everything.crop_n_layers")
     return p
+
+
+def config_overrides(args: argparse.Namespace) -> list[str]:
+    """The ``eval.everything.<key>=value`` overrides of the flags given (each flag is named after its key)."""
+    keys = ("iou_grid", "stability_grid", "best_metric", "points_per_side", "points_per_batch", "crop_n_layers")
+    return [f"eval.everything.{key}={list(value) if isinstance(value, tuple) else value}"
+            for key in keys if (value := getattr(args, key)) is not None]

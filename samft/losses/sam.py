@@ -485,6 +485,8 @@ def sam(
         return result
 
 
+# The objective's own result keys: an extra term may not take one of these names.
+OWN_KEYS = ("loss", "focal", "dice", "iou", "selected")
 _BUILT: dict[str, Any] = {}
 
 
@@ -500,7 +502,7 @@ def _extra_term(term: str, spec: Any, logits, target, valid, selected, norm, ext
     """One extra mask loss on the selected output of every mask, normalised like focal and dice."""
     from samft.losses._common import call_loss  # the engine's calling convention, one place
 
-    if term in ("loss", "focal", "dice", "iou", "selected"):
+    if term in OWN_KEYS:
         raise ValueError(f"extra_terms: {term!r} is a name the sam objective already uses; rename the term.")
     fn = _built(spec if isinstance(spec, Mapping) else {"name": str(spec)})
     rows = torch.arange(logits.shape[0], device=logits.device)
