@@ -28,6 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from samft.archs import ARCHS, PATCH_SIZE
+from samft.checks import OptionError
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
 
 
@@ -722,12 +723,12 @@ def _build(registry: Registry, name: str, options: Mapping[str, Any], path: str,
     and schedules are cheap to build and pure; the built object is dropped."""
     try:
         registry.build({"name": name, **options}, **extra)
+    except OptionError as exc:  # the plugin names the option: point at the key the user typed
+        if exc.option not in options:  # an option the caller supplies (terms) or a nested plugin's
+            raise ConfigError(f"{path} ({registry.item} {name!r}): {exc}") from None
+        key, value = f"{path}.{exc.option}", options[exc.option]
+        if exc.entry is not None and isinstance(value, Mapping) and exc.entry in value:
+            key, value = f"{key}.{exc.entry}", value[exc.entry]
+        raise ConfigError(f"{key}={shown(value)}: {exc}") from None
     except (ValueError, TypeError) as exc:
-        option = re.search(r"\b(\w+) (?:must|needs|names)\b", str(exc))
-        if option and option[1] in options:
-            key, value = f"{path}.{option[1]}", options[option[1]]
-            entry = re.search(r"\bnames '([^']+)'", str(exc))  # a per-term option naming a term that is not one
-            if entry and isinstance(value, Mapping) and entry[1] in value:
-                key, value = f"{key}.{entry[1]}", value[entry[1]]
-            raise ConfigError(f"{key}={shown(value)}: {exc}") from None
         raise ConfigError(f"{path} ({registry.item} {name!r}): {exc}") from None

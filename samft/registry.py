@@ -63,7 +63,12 @@ class Registry:
     # -- registration ---------------------------------------------------------------------
     def register(self, name: str, **info: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator registering ``obj`` under ``name`` with its declared ``info``; a duplicate name
-        or a missing required fact (``better=`` for metrics) is an error."""
+        or a missing required fact (``better=`` for metrics) is an error.
+
+        ``checks={option: check}`` declares how :meth:`build` checks option values, each
+        ``check(option, value)`` raising :class:`samft.checks.OptionError`. A function is only
+        bound at build time, so without them a bad option of a loss function would surface when
+        the loss first runs, hours into training; a class checks its options in ``__init__``."""
         if not name or name != name.lower() or not name.replace("_", "").isalnum():
             raise RegistryError(f"{self.kind}: name {name!r} must be lowercase snake_case.")
         missing = [key for key in self._required if key not in info]
@@ -134,6 +139,9 @@ class Registry:
         obj = self.get(name)
         kwargs = {**spec, **extra}
         check_options(obj, kwargs, f"{self.item} {name!r}")
+        for option, check in self._info.get(name, {}).get("checks", {}).items():
+            if option in kwargs:
+                check(option, kwargs[option])
         if inspect.isclass(obj):
             return obj(**kwargs)
         return functools.partial(obj, **kwargs) if kwargs else obj

@@ -34,6 +34,26 @@ def test_build_binds_function_options_and_instantiates_classes():
     assert reg.names() == ["counter", "dice"]
 
 
+def test_declared_option_checks_run_when_a_function_is_built():
+    """A function is only bound when built; its declared checks catch a bad option then, not at its first call."""
+    from samft.checks import OptionError, one_of
+
+    reg = Registry("widgets")
+    calls = []
+
+    @reg.register("blend", checks={"mode": functools.partial(one_of, choices=("add", "max"))})
+    def blend(a, b, *, mode="add"):
+        calls.append(mode)
+        return a + b if mode == "add" else max(a, b)
+
+    assert reg.build({"name": "blend", "mode": "max"})(1, 2) == 2
+    with pytest.raises(OptionError, match="Option mode must be one of add, max; got 'sum'") as err:
+        reg.build({"name": "blend", "mode": "sum"})
+    assert err.value.option == "mode" and calls == ["max"]  # the function never ran with "sum"
+    with pytest.raises(OptionError, match="Option iou_loss must be one of mse, l1, smooth_l1"):
+        LOSSES.build({"name": "sam", "iou_loss": "mae"})
+
+
 def test_unknown_name_suggests_close_match():
     with pytest.raises(RegistryError, match=r"Unknown widget 'dcie'.*Did you mean 'dice'\?"):
         make_registry().get("dcie")

@@ -22,13 +22,24 @@ from typing import Any
 
 import torch
 
+from samft.checks import at_least, one_of
+
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def option_checks(**more: Callable[[str, Any], Any]) -> dict[str, Callable[[str, Any], Any]]:
+    """The ``checks=`` a built-in loss function registers with (``reduction`` and ``more``), so that
+    a bad option fails when the config is loaded rather than when the loss first runs."""
+    return {"reduction": functools.partial(one_of, choices=REDUCTIONS), **more}
+
+
+#: An option check for a value that must be a finite number >= 0 (dice's smooth, focal's gamma).
+non_negative = functools.partial(at_least, low=0)
+
+
 def check_reduction(reduction: str) -> None:
-    """Raise a ValueError unless ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``."""
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}.")
+    """Raise an OptionError unless ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``."""
+    one_of("reduction", reduction, REDUCTIONS)
 
 
 def reduce(values: torch.Tensor, reduction: str) -> torch.Tensor:

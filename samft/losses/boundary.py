@@ -17,7 +17,15 @@ from __future__ import annotations
 import torch
 
 from samft.checks import count
-from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, per_mask, split_ignore
+from samft.losses._common import (
+    check_pair,
+    check_reduction,
+    compute_dtype,
+    fp32_compute,
+    option_checks,
+    per_mask,
+    split_ignore,
+)
 from samft.losses.overlap import dice
 from samft.registry import LOSSES
 from samft.schedules.boundary import BoundaryTransfer
@@ -40,7 +48,7 @@ def _check_inputs(logits: torch.Tensor, target: torch.Tensor, dist_map: torch.Te
         raise ValueError(f"{loss}: dist_map {shape} must be a tensor of the logits' shape {tuple(logits.shape)}.")
 
 
-@LOSSES.register("boundary")
+@LOSSES.register("boundary", checks=option_checks())
 def boundary(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -86,7 +94,7 @@ def boundary(
         return per.sum() / counted.clamp_min(1)
 
 
-@LOSSES.register("region_boundary")
+@LOSSES.register("region_boundary", checks=option_checks())
 def region_boundary(
     logits: torch.Tensor,
     target: torch.Tensor,

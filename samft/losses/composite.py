@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from samft.checks import at_least, finite
+from samft.checks import at_least, fail, finite
 from samft.losses._common import call_loss, compute_dtype
 from samft.registry import LOSSES
 
@@ -187,11 +187,11 @@ class MultiGranularity:
         level_dim: int = 1,
     ) -> None:
         if normalize not in ("weights", "count"):
-            raise ValueError(f"multi_granularity: normalize must be 'weights' or 'count', got {normalize!r}.")
+            raise fail("normalize", f"multi_granularity: normalize must be 'weights' or 'count', got {normalize!r}.")
         if weights is not None:
-            weights = [at_least(f"multi_granularity weights[{i}]", w, 0) for i, w in enumerate(weights)]
+            weights = [at_least(f"weights[{i}]", w, 0) for i, w in enumerate(weights)]
             if sum(weights) <= 0:
-                raise ValueError(f"Option multi_granularity weights needs a weight > 0, got {weights!r}.")
+                raise fail("weights", f"Option multi_granularity weights needs a weight > 0, got {weights!r}.")
         self.loss = resolve_loss(loss, what="multi_granularity loss")
         self.weights = weights
         self.normalize = normalize

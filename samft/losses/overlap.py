@@ -16,6 +16,8 @@ from samft.losses._common import (
     check_reduction,
     compute_dtype,
     fp32_compute,
+    non_negative,
+    option_checks,
     reduce,
     safe_ratio,
     split_ignore,
@@ -36,7 +38,7 @@ def _soft_sums(
     return inter, probs.flatten(1).sum(1), clean.flatten(1).sum(1)
 
 
-@LOSSES.register("dice")
+@LOSSES.register("dice", checks=option_checks(smooth=non_negative))
 def dice(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -71,7 +73,7 @@ def dice(
         return reduce(loss, reduction)
 
 
-@LOSSES.register("soft_iou")
+@LOSSES.register("soft_iou", checks=option_checks(smooth=non_negative))
 def soft_iou(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -102,7 +104,7 @@ def soft_iou(
         return reduce(loss, reduction)
 
 
-@LOSSES.register("generalized_dice")
+@LOSSES.register("generalized_dice", checks=option_checks(smooth=non_negative))
 def generalized_dice(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -162,7 +164,7 @@ def _class_weights(target_sum: torch.Tensor) -> torch.Tensor:
     return torch.where(finite, weights, largest)
 
 
-@LOSSES.register("lovasz_hinge")
+@LOSSES.register("lovasz_hinge", checks=option_checks())
 def lovasz_hinge(
     logits: torch.Tensor,
     target: torch.Tensor,

@@ -7,11 +7,22 @@ pixels), ``"sum"`` and ``"none"`` (per-pixel values, 0 on ignored pixels).
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 from samft.checks import at_least
-from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, reduce_pixels, split_ignore
+from samft.losses._common import (
+    check_pair,
+    check_reduction,
+    compute_dtype,
+    fp32_compute,
+    non_negative,
+    option_checks,
+    reduce_pixels,
+    split_ignore,
+)
 from samft.registry import LOSSES
 
 
@@ -30,7 +41,7 @@ def focal_terms(x: torch.Tensor, t: torch.Tensor, alpha: float, gamma: float) ->
     return loss
 
 
-@LOSSES.register("sigmoid_focal")
+@LOSSES.register("sigmoid_focal", checks=option_checks(gamma=non_negative))
 def sigmoid_focal(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -68,7 +79,7 @@ def sigmoid_focal(
         return reduce_pixels(values, weight, reduction)
 
 
-@LOSSES.register("bce")
+@LOSSES.register("bce", checks=option_checks())
 def bce(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -97,7 +108,7 @@ def bce(
         return reduce_pixels(values, weight, reduction)
 
 
-@LOSSES.register("weighted_bce")
+@LOSSES.register("weighted_bce", checks=option_checks(max_pos_weight=functools.partial(at_least, low=1)))
 def weighted_bce(
     logits: torch.Tensor,
     target: torch.Tensor,

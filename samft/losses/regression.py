@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, reduce
+from samft.losses._common import check_pair, check_reduction, compute_dtype, fp32_compute, option_checks, reduce
 from samft.registry import LOSSES
 
 # Added under the square roots of the spectral angle: keeps the gradient finite at a perfect
@@ -33,7 +33,7 @@ def _binary_mask(mask: torch.Tensor, pred: torch.Tensor, threshold: float, loss:
     return (mask.to(pred.device).float() > threshold).expand_as(pred)
 
 
-@LOSSES.register("mse")
+@LOSSES.register("mse", checks=option_checks())
 def mse(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") -> torch.Tensor:
     """Element-wise squared error ``(pred - target)^2``.
 
@@ -52,7 +52,7 @@ def mse(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") ->
         return reduce((pred.to(dtype) - target.to(dtype)).square(), reduction)
 
 
-@LOSSES.register("masked_mse")
+@LOSSES.register("masked_mse", checks=option_checks())
 def masked_mse(
     pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None, threshold: float = 0.5
 ) -> dict[str, torch.Tensor]:
@@ -101,7 +101,7 @@ def masked_mse(
     return out
 
 
-@LOSSES.register("spectral_angle")
+@LOSSES.register("spectral_angle", checks=option_checks())
 def spectral_angle(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -152,7 +152,7 @@ def spectral_angle(
         return reduce(angle, reduction)
 
 
-@LOSSES.register("acb_mse")
+@LOSSES.register("acb_mse", checks=option_checks())
 def acb_mse(
     pred: torch.Tensor, target: torch.Tensor, *, zero_weight: float = 1.0, nonzero_weight: float = 1.0
 ) -> torch.Tensor:

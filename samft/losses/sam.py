@@ -8,6 +8,7 @@ analytic backward touches only the outputs that receive gradient (the selected o
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -16,13 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
-from samft.checks import at_least
+from samft.checks import at_least, one_of
 from samft.losses._common import (
     broadcast_valid,
     check_pair,
     check_reduction,
     compute_dtype,
     fp32_compute,
+    non_negative,
+    option_checks,
     per_mask,
     reduce,
     safe_ratio,
@@ -71,14 +74,8 @@ def _iou_regression(pred: torch.Tensor, actual: torch.Tensor, kind: str) -> torc
     return F.smooth_l1_loss(pred, actual, reduction="none")
 
 
-def _check_iou_loss(kind: str) -> None:
-    if kind not in IOU_LOSSES:
-        raise ValueError(f"iou_loss must be one of {IOU_LOSSES}; got {kind!r}.")
-
-
-def _check_empty_target(mode: str) -> None:
-    if mode not in EMPTY_TARGET:
-        raise ValueError(f"empty_target must be one of {EMPTY_TARGET}; got {mode!r}.")
+_iou_loss_check = functools.partial(one_of, choices=IOU_LOSSES)
+_empty_target_check = functools.partial(one_of, choices=EMPTY_TARGET)
 
 
 def _normaliser(num_masks: float | torch.Tensor | None, count: int, like: torch.Tensor) -> float | torch.Tensor:
@@ -96,7 +93,7 @@ def _normaliser(num_masks: float | torch.Tensor | None, count: int, like: torch.
     return float(num_masks)
 
 
-@LOSSES.register("iou_prediction", terms=("loss",))
+@LOSSES.register("iou_prediction", terms=("loss",), checks=option_checks(iou_loss=_iou_loss_check))
 def iou_prediction(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -124,7 +121,7 @@ def iou_prediction(
         fp32 scalar, or per-entry values for ``"none"``. Empty target and empty prediction:
         the IoU target is 0 (union clamped to 1).
     """
-    _check_iou_loss(iou_loss)
+    _iou_loss_check("iou_loss", iou_loss)
     check_reduction(reduction)
     if target.dim() == logits.dim() - 1 and logits.dim() >= 3:
         target = target.unsqueeze(1).expand(logits.shape)
@@ -146,7 +143,7 @@ def iou_prediction(
         return reduce(_iou_regression(iou_pred.float(), actual, iou_loss), reduction)
 
 
-@LOSSES.register("sam_mask")
+@LOSSES.register("sam_mask", checks=option_checks(empty_target=_empty_target_check))
 def sam_mask(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -186,7 +183,7 @@ def sam_mask(
     """
     check_pair(logits, target, min_dim=2)
     check_reduction(reduction)
-    _check_empty_target(empty_target)
+    _empty_target_check("empty_target", empty_target)
     dtype = compute_dtype(logits)
     with fp32_compute(logits.device):
         clean, weight = split_ignore(target, valid, dtype)
@@ -397,7 +394,8 @@ def _sam_terms(options: Mapping[str, Any]) -> tuple[str, ...]:
     return ("focal", "dice", "iou", *(options.get("extra_terms") or {}))
 
 
-@LOSSES.register("sam", terms=_sam_terms)
+@LOSSES.register("sam", terms=_sam_terms, checks=option_checks(
+    iou_loss=_iou_loss_check, empty_target=_empty_target_check, focal_gamma=non_negative))
 def sam(
     logits: torch.Tensor,
     target: torch.Tensor,
@@ -462,8 +460,8 @@ def sam(
         dice_weight * dice + iou_weight * iou`` (fp32 0-dim); the components unweighted, each a
         sum over masks divided by ``num_masks``; ``selected`` LongTensor ``[N]``, no gradient.
     """
-    _check_iou_loss(iou_loss)
-    _check_empty_target(empty_target)
+    _iou_loss_check("iou_loss", iou_loss)
+    _empty_target_check("empty_target", empty_target)
     at_least("focal_gamma", focal_gamma, 0)
     flat_target, weight, candidates = _sam_inputs(logits, target, valid, candidates)
     n, m = logits.shape[:2]

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-from samft.checks import count
+from samft.checks import count, fail
 
 
 class Schedule(abc.ABC):
@@ -47,11 +47,11 @@ def increasing_steps(name: str, values: Any, *, strict: bool = True) -> tuple[in
     has a meaning of its own.
     """
     if isinstance(values, (str, bytes, Mapping)) or not hasattr(values, "__iter__"):
-        raise ValueError(f"Option {name} must be a list of step counts, got {values!r}.")
+        raise fail(name, f"Option {name} must be a list of step counts, got {values!r}.")
     steps = tuple(count(f"{name}[{i}]", v) for i, v in enumerate(values))
     if any(b < a or (strict and b == a) for a, b in zip(steps, steps[1:])):
         order = "strictly increasing" if strict else "non-decreasing"
-        raise ValueError(f"Option {name} must be {order}, got {list(steps)}.")
+        raise fail(name, f"Option {name} must be {order}, got {list(steps)}.")
     return steps
 
 

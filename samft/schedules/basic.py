@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from numbers import Real
 from typing import Any
 
-from samft.checks import count, finite, positive
+from samft.checks import count, fail, finite, positive
 from samft.registry import SCHEDULES
 from samft.schedules.base import Schedule, increasing_steps, progress
 
@@ -31,8 +31,8 @@ def as_schedule(value: Any, what: str) -> Schedule:
         return Constant(value)
     if isinstance(value, Mapping):
         return SCHEDULES.build(dict(value))
-    raise ValueError(
-        f"{what} must be a number or a schedule spec such as "
+    raise fail(
+        what, f"{what} must be a number or a schedule spec such as "
         f"{{name: linear, start: 0.0, end: 1.0, total_steps: 1000}}; got {value!r}."
     )
 
@@ -218,7 +218,7 @@ class Piecewise(Schedule):
     def __init__(self, points: Any = None, boundaries: Any = None, values: Any = None,
                  interpolation: str | None = None) -> None:
         if interpolation not in (None, "linear", "constant"):
-            raise ValueError(f"Option interpolation must be 'linear' or 'constant', got {interpolation!r}.")
+            raise fail("interpolation", f"Option interpolation must be 'linear' or 'constant', got {interpolation!r}.")
         if points is not None:
             if boundaries is not None or values is not None:
                 raise ValueError("Give either points or boundaries + values to piecewise, not both.")
@@ -232,8 +232,8 @@ class Piecewise(Schedule):
         self.steps = increasing_steps("boundaries", boundaries)
         self.values = tuple(finite(f"values[{i}]", v) for i, v in enumerate(values))
         if len(self.values) != len(self.steps) + 1:
-            raise ValueError(f"values needs len(boundaries) + 1 = {len(self.steps) + 1} entries, "
-                             f"got {len(self.values)}.")
+            raise fail("values", f"values needs len(boundaries) + 1 = {len(self.steps) + 1} entries, "
+                                 f"got {len(self.values)}.")
         self.interpolation = "boundaries"
 
     def at(self, step: float) -> float:
@@ -251,9 +251,9 @@ class Piecewise(Schedule):
 def _points(points: Any) -> tuple[tuple[int, ...], tuple[float, ...]]:
     pairs = list(points)
     if not pairs:
-        raise ValueError("Option points must hold at least one [step, value] pair.")
+        raise fail("points", "Option points must hold at least one [step, value] pair.")
     for i, pair in enumerate(pairs):
         if isinstance(pair, (str, bytes)) or not hasattr(pair, "__len__") or len(pair) != 2:
-            raise ValueError(f"points[{i}] must be a [step, value] pair, got {pair!r}.")
+            raise fail("points", f"points[{i}] must be a [step, value] pair, got {pair!r}.")
     steps = increasing_steps("points (steps)", [p[0] for p in pairs])
     return steps, tuple(finite(f"points[{i}][1]", p[1]) for i, p in enumerate(pairs))

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 
-from samft.checks import count, finite
+from samft.checks import count, fail, finite
 from samft.registry import SCHEDULES
 from samft.schedules.base import Schedule
 
@@ -59,7 +59,7 @@ class BoundaryTransfer(Schedule):
                  region_start: float = 1.0, region_floor: float = 0.1, per_epoch: bool = True,
                  boundary_max: float | None = None) -> None:
         if role not in ROLES:
-            raise ValueError(f"Option role must be one of {', '.join(ROLES)}; got {role!r}.")
+            raise fail("role", f"Option role must be one of {', '.join(ROLES)}; got {role!r}.")
         self.role = role
         self.steps_per_epoch = count("steps_per_epoch", steps_per_epoch, minimum=1)
         self.rate = finite("rate", rate)

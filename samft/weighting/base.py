@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from samft.checks import fail
 from samft.registry import did_you_mean
 
 
@@ -98,16 +99,21 @@ def check_terms(terms: Sequence[str], given: Mapping[str, Any], what: str) -> No
 def per_term(option: str, value: Any, terms: Sequence[str], default: Any) -> dict[str, Any]:
     """Expand an option given once for all terms or as ``{term: value}`` into a dict over ``terms``.
 
-    Unlisted terms get ``default``; a listed name that is not a term is a ValueError.
+    A mapping with a ``name`` key is one plugin spec (a schedule, ``{name: linear, ...}``) given
+    once for all terms, not a per-term mapping: ``name`` is never a loss term's key, and the config
+    check reads the option the same way. Unlisted terms get ``default``; a listed name that is not
+    a term is an :class:`~samft.checks.OptionError` naming it.
     """
     if value is None:
         return {t: default for t in terms}
-    if not isinstance(value, Mapping):
+    if not isinstance(value, Mapping) or "name" in value:
         return {t: value for t in terms}
     for key in value:
         if key not in terms:
-            raise ValueError(
+            raise fail(
+                option,
                 f"Option {option} names {key!r}, which is not a loss term.{did_you_mean(str(key), list(terms))}"
-                f" The terms are {list(terms)}."
+                f" The terms are {list(terms)}.",
+                entry=str(key),
             )
     return {t: value.get(t, default) for t in terms}

@@ -35,7 +35,8 @@ class FixedWeighting(WeightingStrategy):
 
     Args:
         terms: Loss-term names.
-        weights: ``{term: number or schedule spec}``, or one number/spec for every term.
+        weights: ``{term: number or schedule spec}``, or one number or schedule spec (a mapping
+            with ``name``) for every term.
         default: Weight of a term that is neither in ``weights`` nor one of SAM's three (default 1.0).
     """
 

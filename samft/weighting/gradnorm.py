@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from samft.checks import count, finite, positive
+from samft.checks import count, fail, finite, positive
 from samft.registry import WEIGHTINGS
 from samft.weighting.analysis import grad_norms, resolve_params
 from samft.weighting.base import WeightingStrategy, per_term
@@ -93,17 +93,17 @@ class GradNormWeighting(WeightingStrategy):
         self.min_weight = positive("min_weight", min_weight)
         self.initial_steps = count("initial_steps", initial_steps, minimum=1)
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"Option optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}.")
+            raise fail("optimizer", f"Option optimizer must be one of {', '.join(OPTIMIZERS)}, got {optimizer!r}.")
         if self.min_weight >= 1:
-            raise ValueError(f"Option min_weight must be < 1 (the weights average 1), got {min_weight!r}.")
+            raise fail("min_weight", f"Option min_weight must be < 1 (the weights average 1), got {min_weight!r}.")
         if not isinstance(shared_param, str) or not shared_param:
-            raise ValueError(f"Option shared_param must be a parameter or module name, got {shared_param!r}.")
+            raise fail("shared_param", f"Option shared_param must be a parameter or module name, got {shared_param!r}.")
         self.shared_param = shared_param
         self.optimizer_name = optimizer
         init = per_term("initial_weights", initial_weights, self.terms, default=1.0)
         w0 = torch.tensor([finite(f"initial_weights.{t}", init[t]) for t in self.terms])
         if (w0 <= 0).any():
-            raise ValueError(f"Option initial_weights must be > 0 for every term, got {dict(init)}.")
+            raise fail("initial_weights", f"Option initial_weights must be > 0 for every term, got {dict(init)}.")
         self.weights = nn.Parameter(w0 * len(self.terms) / w0.sum())
         self.register_buffer("initial_loss_sum", torch.zeros(len(self.terms)))
         self.register_buffer("initial_count", torch.zeros((), dtype=torch.long))

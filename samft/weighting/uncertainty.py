@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from samft.checks import finite, positive
+from samft.checks import fail, finite, positive
 from samft.registry import WEIGHTINGS
 from samft.weighting.base import WeightingStrategy, per_term
 
@@ -59,9 +59,10 @@ class UncertaintyWeighting(WeightingStrategy):
         kind_of = per_term("kinds", kinds, self.terms, default="regression")
         for term, kind in kind_of.items():
             if kind not in KINDS:
-                raise ValueError(f"kinds.{term} must be one of {', '.join(KINDS)}, got {kind!r}.")
+                raise fail("kinds", f"kinds.{term} must be one of {', '.join(KINDS)}, got {kind!r}.", entry=term)
         if regulariser not in REGULARISERS:
-            raise ValueError(f"Option regulariser must be one of {', '.join(REGULARISERS)}, got {regulariser!r}.")
+            raise fail("regulariser",
+                       f"Option regulariser must be one of {', '.join(REGULARISERS)}, got {regulariser!r}.")
         inits = per_term("init_log_var", init_log_var, self.terms, default=0.0)
         self.kinds = dict(kind_of)
         self.regulariser = regulariser

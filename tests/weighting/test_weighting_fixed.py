@@ -135,3 +135,13 @@ def test_term_mismatch_and_bad_options():
         FixedWeighting([])
     with pytest.raises(RegistryError, match="Did you mean 'gradnorm'"):
         WEIGHTINGS.build({"name": "gradnrom"}, terms=SAM_TERMS)
+
+
+def test_one_schedule_spec_weights_every_term():
+    """A mapping with ``name`` is one schedule for all terms, as the docstring and the config check read it."""
+    spec = {"name": "linear", "start": 0.0, "end": 2.0, "total_steps": 4}
+    strategy = WEIGHTINGS.build({"name": "fixed", "weights": spec}, terms=SAM_TERMS)
+    assert strategy.weights_at(0) == {"focal": 0.0, "dice": 0.0, "iou": 0.0}
+    assert strategy.weights_at(2) == {"focal": 1.0, "dice": 1.0, "iou": 1.0}
+    total, _ = strategy(scalars(focal=1.0, dice=2.0, iou=3.0), 4)
+    assert total.item() == pytest.approx(2.0 * (1.0 + 2.0 + 3.0))
