@@ -1,65 +1,19 @@
-"""Command-line entry points; ``tools/*.py`` are thin wrappers around these functions."""
+"""The train and evaluate commands; ``tools/*.py`` are thin wrappers around these functions (every
+command runs through :func:`samft.entry.run_cli`)."""
 
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
+
+from samft.entry import is_main_process, run_cli
 
 USAGE = """usage: python tools/train.py CONFIG.yaml [key=value ...]
 
 Fine-tune SAM as CONFIG says; key=value pairs override it (e.g. train.steps=200 optim.lr=1e-4).
 Set SAMFT_DEBUG=1 to see full tracebacks."""
-
-
-def light_user_errors() -> tuple[type[BaseException], ...]:
-    """The user errors of config loading: recognised without importing the engine."""
-    from samft.config import ConfigError
-    from samft.registry import RegistryError
-
-    return (ConfigError, RegistryError)
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by input the user controls: reported as one paragraph, never a traceback wall."""
-    from samft.config import ConfigError
-    from samft.data import DataError
-    from samft.engine.trainer import TrainingError
-    from samft.models import CheckpointError
-    from samft.registry import RegistryError
-    from samft.tracking import TrackingError
-
-    return (ConfigError, DataError, CheckpointError, RegistryError, TrackingError, TrainingError)
-
-
-def is_main_process() -> bool:
-    """False on the non-zero ranks of a torchrun job, which stay quiet."""
-    return os.environ.get("RANK", "0") == "0"
-
-
-def run_cli(main, argv: list[str]) -> int:
-    """Run ``main(argv)``; user errors print ``error: ...`` and return exit code 2."""
-    logging.basicConfig(level=logging.INFO if is_main_process() else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return main(argv)
-    except SystemExit:
-        # Before the user-error clause: evaluating user_errors() imports the engine, which cost
-        # ~6 s on every `--help` (argparse exits with SystemExit).
-        raise
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        # Config errors first: evaluating user_errors() imports the engine (~6 s), which a config
-        # rejected at load has not needed yet (tools/train.py CONFIG train.steps=-5 answers at once).
-        is_user_error = isinstance(exc, light_user_errors()) or isinstance(exc, user_errors())
-        if os.environ.get("SAMFT_DEBUG") or not is_user_error:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
 
 
 def _train(argv: list[str]) -> int:

@@ -29,10 +29,11 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 
 from samft.archs import ARCHS, PATCH_SIZE
 from samft.checks import OptionError
+from samft.errors import UserError
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file, key or value that cannot be used; the message says what to do."""
 
 

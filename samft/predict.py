@@ -13,8 +13,8 @@ prompts are decoded in batches of equal shape.
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,6 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import area_from_rle, coco_encode_rle, mask_to_rle_pytorch
 
 from samft.data import DataError
-from samft.predict_cli import parser
 from samft.registry import METRICS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -156,14 +155,14 @@ def list_images(folder: Path) -> list[Path]:
     return images
 
 
-def _predict(argv: list[str]) -> int:
+def predict(args: argparse.Namespace) -> int:
+    """Run ``tools/predict.py`` with its parsed arguments (:func:`samft.predict_cli.parser`)."""
     from tqdm import tqdm
 
     from samft.amg import AutomaticMaskGenerator
     from samft.engine.runtime import select_device
     from samft.export import load_model
 
-    args = parser().parse_args(argv)
     images = list_images(args.images)
     prompts = read_prompts(args.prompts) if args.prompts else None
     if prompts is not None:  # images without prompts are skipped, prompts without an image ignored
@@ -196,8 +195,3 @@ def _predict(argv: list[str]) -> int:
     print(f"Wrote {total} masks for {len(images)} images to {args.out}")
     return 0
 
-
-def predict_main(argv: list[str] | None = None) -> int:
-    from samft.cli import run_cli
-
-    return run_cli(_predict, sys.argv[1:] if argv is None else argv)

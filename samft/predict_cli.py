@@ -7,6 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from samft.entry import run_cli
+
 DESCRIPTION = "Masks from a fine-tuned SAM for a folder of images: given prompts, or automatic (\"everything\")."
 
 
@@ -30,8 +32,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    parser().parse_args(argv)  # --help and usage errors end here, at once
-    from samft.predict import predict_main
+    """``tools/predict.py``: parse, then predict; a user error is one line and exit code 2."""
+    return run_cli(_run, sys.argv[1:] if argv is None else argv)
 
-    return predict_main(argv)
+
+def _run(argv: list[str]) -> int:
+    args = parser().parse_args(argv)  # --help and usage errors end here, before torch loads
+    from samft.predict import predict
+
+    return predict(args)

@@ -22,8 +22,10 @@ from collections.abc import Callable, Mapping
 from importlib import metadata
 from typing import Any
 
+from samft.errors import UserError
 
-class RegistryError(ValueError):
+
+class RegistryError(UserError, ValueError):
     """A name, spec or plugin that cannot be resolved; the message says what to do."""
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from samft.cli import run_cli  # noqa: E402
+from samft.entry import run_cli  # noqa: E402
 
 
 def main(argv: list[str]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from samft.errors import UserError
 
 log = logging.getLogger("samft.data")
 
@@ -20,7 +21,7 @@ ON_ERROR = ("skip", "raise")
 _WORKER_PREFIX = re.compile(r"^Caught (\w+) in (DataLoader worker process \d+|[^.\n]*)\.\nOriginal Traceback")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset folder, file or setting that cannot be used; the message says which and why.
 
     When raised inside a DataLoader worker, torch re-raises it in the main process as

@@ -44,6 +44,7 @@ from samft.engine.runtime import make_runtime, seed_everything
 from samft.engine.sampler import ResumableSampler, ShardSampler
 from samft.engine.signals import StopSignals
 from samft.engine.step import encode_images, loss_targets, to_device
+from samft.errors import UserError
 from samft.losses import call_loss, declared_terms, loss_stats
 from samft.models import checkpoint_activations, freeze
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
@@ -53,7 +54,7 @@ from samft.weighting.analysis import resolve_params, term_grad_norms
 log = logging.getLogger("samft.train")
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """Training cannot go on (e.g. too many non-finite losses in a row); the message says why."""
 
 

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from samft.cli import run_cli
+from samft.entry import run_cli
 
 # An ONNX graph that differs from torch by more than this is reported as a failed export.
 ONNX_TOLERANCE = 1e-3

@@ -8,13 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from samft.errors import UserError
 from samft.models.build import ARCHS, PATCH_SIZE
 from samft.safe_load import load_failure_reason
 
 _EMBED_KEY = "image_encoder.patch_embed.proj.weight"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded into the configured model; the message says what to do."""
 
 

@@ -17,12 +17,14 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from samft.errors import UserError
+
 DEFAULT_DB_NAME = "mlflow.db"
 DEFAULT_ARTIFACT_DIR = "mlruns"
 HTTP_SCHEMES = ("http", "https")
 
 
-class TrackingError(RuntimeError):
+class TrackingError(UserError, RuntimeError):
     """The tracking store cannot be used; the message names the URI and what to do."""
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from samft.cli import run_cli
+from samft.entry import run_cli
 from samft.data import SA1BDataset
 from samft.data.demo import inner_point, render_demo_image, split_dataset, write_demo_folder
 

@@ -179,7 +179,7 @@ def _tool(name):
 
 def test_precompute_tool(tmp_path, h, capsys, monkeypatch):
     """The README's `precompute_distance_maps.py DATASET` (no --cache) writes where training looks."""
-    from samft.cli import run_cli
+    from samft.entry import run_cli
 
     root = _shapes_image(tmp_path, h)
     tool = _tool("precompute_distance_maps")

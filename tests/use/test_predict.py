@@ -10,7 +10,7 @@ from segment_anything import SamPredictor
 
 from samft.amg import AutomaticMaskGenerator
 from samft.export import load_model
-from samft.predict import predict_main
+from samft.predict_cli import main as predict_main
 
 
 @pytest.fixture()
