@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import yaml
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from samft.tracking import Tracker, TrackingError, TrackingSettings  # noqa: E402
+from samft.config import TrackingConfig  # noqa: E402
+from samft.tracking import Tracker, TrackingError  # noqa: E402
 from samft.tracking.params import MAX_PARAM_VALUE_LENGTH, config_params, flatten  # noqa: E402
 
 CONFIG = {
@@ -41,7 +43,7 @@ def _no_env_uri(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_default_store_gets_params_config_tags_metrics(project: Path) -> None:
-    tracker = Tracker.start({"experiment": "embedded", "run_name": "r1", "system_metrics": False},
+    tracker = Tracker.start(TrackingConfig(experiment="embedded", run_name="r1", system_metrics=False),
                             config=CONFIG, project_root=project,
                             tags={"samft.dataset_fingerprint": "fp123"})
     assert tracker.uri == f"sqlite:///{project.resolve()}/mlflow.db"
@@ -72,7 +74,7 @@ def test_default_store_gets_params_config_tags_metrics(project: Path) -> None:
 
 
 def test_overlays_and_curves_are_uploaded_as_png(project: Path) -> None:
-    tracker = Tracker.start({"experiment": "embedded", "overlays": 2}, config={"a": 1},
+    tracker = Tracker.start(TrackingConfig(experiment="embedded", overlays=2), config={"a": 1},
                             project_root=project)
     for step in range(5):
         tracker.log_metrics({"loss/dice": 0.5 - 0.1 * step}, step)
@@ -92,7 +94,7 @@ def test_overlays_and_curves_are_uploaded_as_png(project: Path) -> None:
 
 
 def test_resume_continues_the_same_run(project: Path) -> None:
-    cfg = {"experiment": "embedded", "system_metrics": False}
+    cfg = TrackingConfig(experiment="embedded", system_metrics=False)
     first = Tracker.start(cfg, config={"steps": 10, "lr": 0.1}, project_root=project)
     first.log_metrics({"loss": 3.0}, 0)
     first.log_metrics({"loss": 2.0}, 5)
@@ -114,7 +116,7 @@ def test_resume_continues_the_same_run(project: Path) -> None:
 
 def test_resume_of_unknown_run_is_a_tracking_error(project: Path) -> None:
     with pytest.raises(TrackingError, match="Cannot resume"):
-        Tracker.start({"experiment": "embedded"}, config={}, project_root=project,
+        Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=project,
                       resume_run_id="0" * 32)
 
 
@@ -123,7 +125,7 @@ def test_unwritable_store_is_a_tracking_error(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     uri = f"sqlite:///{blocker}/sub/mlflow.db"
     with pytest.raises(TrackingError, match=r"cannot be created") as err:
-        Tracker.start({"uri": uri}, config={}, project_root=tmp_path)
+        Tracker.start(TrackingConfig(uri=uri), config={}, project_root=tmp_path)
     assert uri in str(err.value)
 
 
@@ -131,14 +133,14 @@ def test_env_uri_is_used_when_config_has_none(tmp_path: Path, monkeypatch: pytes
                                               project: Path) -> None:
     uri = f"sqlite:///{project.resolve()}/mlflow.db"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=tmp_path)
+    tracker = Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=tmp_path)
     tracker.close()
     assert tracker.uri == uri
     assert not (tmp_path / "mlflow.db").exists()
 
 
 def test_metric_values_must_be_numbers(project: Path) -> None:
-    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=project)
+    tracker = Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=project)
     with pytest.raises(ValueError, match="'loss' must be a number"):
         tracker.log_metrics({"loss": "high"}, 0)
     with pytest.warns(UserWarning, match="logged as 'loss_dice_'"):
@@ -149,33 +151,22 @@ def test_metric_values_must_be_numbers(project: Path) -> None:
 
 def test_context_manager_marks_failed_runs(project: Path) -> None:
     with pytest.raises(RuntimeError):
-        with Tracker.start({"experiment": "embedded"}, config={}, project_root=project) as tracker:
+        with Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=project) as tracker:
             raise RuntimeError("boom")
     assert MlflowClient(tracker.uri).get_run(tracker.run_id).info.status == "FAILED"
 
 
 def test_disabled_tracker_is_a_no_op(tmp_path: Path) -> None:
-    tracker = Tracker.start({"enabled": False, "uri": "http://127.0.0.1:9", "log_every": 5},
+    tracker = Tracker.start(TrackingConfig(enabled=False, uri="http://127.0.0.1:9", log_every=5),
                             config={}, project_root=tmp_path)
     assert not tracker.enabled and tracker.run_id == ""
     tracker.log_metrics({"loss": 1.0}, 0)
     tracker.log_overlays(None, None, None, None, None, 0)
     tracker.log_artifact(tmp_path / "missing")
     tracker.log_curves()
-    # Same answer as rank 0's tracker, so ranks never diverge around metric all-reduces.
-    assert [tracker.should_log(s) for s in range(6)] == [True] + [False] * 4 + [True]
     tracker.close("FAILED")
     assert list(tmp_path.iterdir()) == []
     assert isinstance(Tracker.disabled(), Tracker)
-
-
-def test_settings_reject_typos_and_bad_values() -> None:
-    with pytest.raises(ValueError, match="Did you mean 'log_every'"):
-        TrackingSettings.from_cfg({"log_evry": 5})
-    with pytest.raises(ValueError, match="log_every must be an integer >= 1"):
-        TrackingSettings.from_cfg({"log_every": 0})
-    assert TrackingSettings.from_cfg(None) == TrackingSettings()
-    assert TrackingSettings.from_cfg({"log_every": 7}).log_every == 7
 
 
 def test_flatten_and_params() -> None:
@@ -193,7 +184,7 @@ def test_builtin_system_metrics_when_psutil_is_installed(project: Path,
     import time
 
     monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
-    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=project)
+    tracker = Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=project)
     assert tracker._monitor is not None
     deadline = time.monotonic() + 60
     while tracker._monitor._logging_step < 1 and time.monotonic() < deadline:
@@ -218,7 +209,7 @@ def test_fallback_system_metrics_without_psutil(project: Path,
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_psutil)
-    tracker = Tracker.start({"experiment": "embedded"}, config={}, project_root=project)
+    tracker = Tracker.start(TrackingConfig(experiment="embedded"), config={}, project_root=project)
     assert tracker._monitor is None
     tracker.log_metrics({"loss": 1.0}, 0)
     tracker.close()
@@ -226,14 +217,31 @@ def test_fallback_system_metrics_without_psutil(project: Path,
     assert 10.0 < rss < 1e6  # MiB: a Python process with torch/mlflow loaded
 
 
-def test_rejected_data_is_dropped_not_retried_forever(project: Path) -> None:
-    tracker = Tracker.start({"experiment": "embedded", "system_metrics": False}, config={},
+def test_rejected_metrics_are_named_and_do_not_stop_training(project: Path) -> None:
+    tracker = Tracker.start(TrackingConfig(experiment="embedded", system_metrics=False), config={},
                             project_root=project)
     tracker.log_metrics({"loss": 1.0}, 0)
     MlflowClient(tracker.uri).delete_run(tracker.run_id)  # someone deletes the run mid-training
-    with pytest.warns(RuntimeWarning, match="rejected 2 metric values"):
-        tracker.log_metrics({"loss": 0.5, "val/iou": 0.2}, 1)
-    assert tracker._buffer == [] and tracker._failures == 0  # nothing blocks later metrics
+    tracker.log_metrics({"loss": 0.5, "val/iou": 0.2}, 1)  # queued: returns at once
     tracker.log_metrics({"loss": 0.4}, 2)
-    with pytest.warns(RuntimeWarning, match="3 metric values dropped"):
+    with pytest.warns(RuntimeWarning, match=r"Not logged: 3 metric values of loss, val/iou \(steps 1-2\)") as caught:
         tracker.close()
+    message = next(str(w.message) for w in caught if "Not logged" in str(w.message))
+    dump = Path(message.split("Unsent metrics are in ")[1].rstrip("."))
+    assert sorted(json.loads(line)["step"] for line in dump.read_text().splitlines()) == [1, 1, 2]
+
+
+def test_metrics_are_logged_asynchronously(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """log_metrics hands the batch to MLflow's logging thread (synchronous=False) and does not wait."""
+    tracker = Tracker.start(TrackingConfig(experiment="embedded", system_metrics=False), config={},
+                            project_root=project)
+    calls = []
+    real = tracker._client.log_batch
+    monkeypatch.setattr(tracker._client, "log_batch", lambda *a, **k: (calls.append(k.get("synchronous")),
+                                                                        real(*a, **k))[1])
+    for step in range(3):
+        tracker.log_metrics({"loss": float(step)}, step)
+    tracker.close()
+    assert calls == [False, False, False]
+    history = MlflowClient(tracker.uri).get_metric_history(tracker.run_id, "loss")
+    assert sorted((m.step, m.value) for m in history) == [(0, 0.0), (1, 1.0), (2, 2.0)]

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 
@@ -15,8 +16,10 @@ import pytest
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from samft.config import TrackingConfig  # noqa: E402
 from samft.tracking import Tracker, TrackingError  # noqa: E402
 from samft.tracking.compare import CompareError, compare_runs, metric_direction  # noqa: E402
+from samft.tracking.mlflow_tracker import HTTP_ENV_DEFAULTS  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = {"model": {"type": "vit_b"}, "optim": {"lr": 1e-4, "wd": 0.1}, "loss": {"name": "sam"}}
@@ -24,7 +27,7 @@ BASE = {"model": {"type": "vit_b"}, "optim": {"lr": 1e-4, "wd": 0.1}, "loss": {"
 
 @pytest.fixture(autouse=True)
 def _fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No HTTP retries: a refused connection fails at once (the tracker's own backoff is tested)."""
+    """No HTTP retries: a refused connection fails at once (the test of a hung server sets its own)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
 
@@ -32,8 +35,8 @@ def _fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
 def _session(uri: str, experiment: str, config: dict, losses: list[float], root: Path,
              run_name: str) -> Tracker:
     """A short logging session standing in for training."""
-    tracker = Tracker.start({"uri": uri, "experiment": experiment, "run_name": run_name,
-                             "overlays": 1}, config=config, project_root=root,
+    tracker = Tracker.start(TrackingConfig(uri=uri, experiment=experiment, run_name=run_name,
+                             overlays=1), config=config, project_root=root,
                             tags={"samft.dataset_fingerprint": "demo-fp"})
     for step, loss in enumerate(losses):
         tracker.log_metrics({"loss/total": loss, "val/miou_point": 1.0 - loss}, step * 10)
@@ -117,7 +120,7 @@ def test_compare_shows_exactly_the_differing_params(mlflow_server, tmp_path: Pat
 def test_compare_errors_name_the_problem(mlflow_server, capsys) -> None:
     with pytest.raises(CompareError, match="No experiment 'srv-nope'"):
         compare_runs("srv-nope", tracking_uri=mlflow_server.uri)
-    _ = Tracker.start({"uri": mlflow_server.uri, "experiment": "srv-empty"}, config={},
+    _ = Tracker.start(TrackingConfig(uri=mlflow_server.uri, experiment="srv-empty"), config={},
                       project_root=Path.cwd()).close()
     with pytest.raises(CompareError, match="matches filter"):
         compare_runs("srv-empty", tracking_uri=mlflow_server.uri, filter_string="params.x = 'y'")
@@ -129,75 +132,64 @@ def test_compare_errors_name_the_problem(mlflow_server, capsys) -> None:
 def test_unreachable_server_at_start_is_a_tracking_error(tmp_path: Path, unused_port: int) -> None:
     uri = f"http://127.0.0.1:{unused_port}"
     with pytest.raises(TrackingError) as err:
-        Tracker.start({"uri": uri}, config={}, project_root=tmp_path)
+        Tracker.start(TrackingConfig(uri=uri), config={}, project_root=tmp_path)
     message = str(err.value)
     assert uri in message and "Training has not started" in message and "tracking.enabled=false" in message
 
 
-def test_killed_server_buffers_warns_and_reports_losses(doomed_mlflow_server, tmp_path: Path,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_killed_server_warns_once_and_reports_losses(doomed_mlflow_server, tmp_path: Path) -> None:
     server = doomed_mlflow_server
-    cfg = {"uri": server.uri, "experiment": "outage", "system_metrics": False}
-    survivor = Tracker.start(cfg, config={"a": 1}, project_root=tmp_path)
-    lost = Tracker.start(cfg, config={"a": 2}, project_root=tmp_path)
-    survivor.log_metrics({"loss": 1.0}, 0)
-    lost.log_metrics({"loss": 1.0}, 0)
+    cfg = TrackingConfig(uri=server.uri, experiment="outage", system_metrics=False)
+    tracker = Tracker.start(cfg, config={"a": 1}, project_root=tmp_path)
+    tracker.log_metrics({"loss": 1.0}, 0)
+    tracker._collect(wait=True)  # step 0 is on the server
     server.stop()  # for good: nothing uses this server afterwards
 
-    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for step in range(1, 6):
-            survivor.log_metrics({"loss": 1.0 / step}, step)  # returns: buffered
-    outage = [w for w in caught if "failed" in str(w.message)]
+            tracker.log_metrics({"loss": 1.0 / step}, step)  # returns at once: MLflow's thread sends
+            tracker._collect(wait=True)  # as if training went on until MLflow gave up on the batch
+    outage = [w for w in caught if "did not take" in str(w.message)]
     assert len(outage) == 1  # one warning per outage, not one per step
-    assert "loss (steps 1-3)" in str(outage[0].message) and server.uri in str(outage[0].message)
-    assert len(survivor._buffer) == 5
+    assert "1 metric values of loss (steps 1-1)" in str(outage[0].message) and server.uri in str(outage[0].message)
 
-    # Inside the backoff window a call only buffers: no request, no delay.
-    monkeypatch.setattr(Tracker, "retry_backoff_s", 3600.0)
-    monkeypatch.setattr(Tracker, "max_retry_backoff_s", 3600.0)
-    calls = []
-    real = survivor._client.log_batch
-    monkeypatch.setattr(survivor._client, "log_batch",
-                        lambda *a, **k: (calls.append(1), real(*a, **k)))
-    survivor.log_metrics({"loss": 0.3}, 6)
-    survivor.log_metrics({"loss": 0.2}, 7)
-    assert len(calls) == 1
-
-    lost.log_metrics({"loss": 0.5}, 1)
-    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
     with warnings.catch_warnings(record=True) as closing:
         warnings.simplefilter("always")
-        lost.close()
+        tracker.close()
     assert len(closing) == 1
     message = str(closing[0].message)
-    assert "Not logged: 1 metric values of loss (steps 1-1)" in message
-    dump = Path(message.split("Unsent metrics are in ")[1].split(" and ")[0])
-    assert [json.loads(line)["step"] for line in dump.read_text().splitlines()] == [1]
+    assert "Not logged: 5 metric values of loss (steps 1-5)" in message and "not marked FINISHED" in message
+    dump = Path(message.split("Unsent metrics are in ")[1].rstrip("."))
+    assert [json.loads(line)["step"] for line in dump.read_text().splitlines()] == [1, 2, 3, 4, 5]
     shutil.rmtree(dump.parent)
 
 
-def test_hung_server_buffers_then_delivers_each_step_once(mlflow_server, tmp_path: Path,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hung_server_is_ridden_out_by_mlflows_retries_each_step_once(mlflow_server, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     server = mlflow_server
-    tracker = Tracker.start({"uri": server.uri, "experiment": "hang", "system_metrics": False},
+    tracker = Tracker.start(TrackingConfig(uri=server.uri, experiment="hang", system_metrics=False),
                             config={}, project_root=tmp_path)
     tracker.log_metrics({"loss": 1.0}, 0)
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "1")
-    monkeypatch.setattr(Tracker, "retry_backoff_s", 0.0)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "6")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
     server.pause()
     try:
-        with pytest.warns(RuntimeWarning, match="failed 3 times in a row"):
+        started = time.monotonic()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             for step in range(1, 5):
-                tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)  # each send times out
+                tracker.log_metrics({"loss": 1.0 / (step + 1)}, step)
+        assert time.monotonic() - started < 1.0  # a hung server costs training nothing
+        time.sleep(2.0)  # requests time out and are retried meanwhile
     finally:
         server.resume()
-    tracker.log_metrics({"loss": 0.1}, 5)  # the server is back: everything is flushed
-    assert tracker._buffer == []
+    tracker.log_metrics({"loss": 0.1}, 5)
     tracker.close()
-    # Timed-out requests may still have been processed after the resume, so the buffer was
-    # sent again: MLflow must end up with each step exactly once.
+    assert not [w for w in caught if "did not take" in str(w.message)]
+    # Timed-out requests may still have been processed after the resume and were sent again:
+    # MLflow must end up with each step exactly once.
     history = MlflowClient(server.uri).get_metric_history(tracker.run_id, "loss")
     assert sorted(m.step for m in history) == list(range(6))
 
@@ -206,12 +198,12 @@ def test_http_defaults_bound_a_dead_servers_cost(mlflow_server, tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_TIMEOUT", raising=False)
-    Tracker.start({"uri": mlflow_server.uri, "experiment": "srv-env"}, config={},
+    Tracker.start(TrackingConfig(uri=mlflow_server.uri, experiment="srv-env"), config={},
                   project_root=tmp_path).close()
-    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "2"
-    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
+    assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == HTTP_ENV_DEFAULTS["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == HTTP_ENV_DEFAULTS["MLFLOW_HTTP_REQUEST_TIMEOUT"]
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "99")
-    Tracker.start({"uri": mlflow_server.uri, "experiment": "srv-env"}, config={},
+    Tracker.start(TrackingConfig(uri=mlflow_server.uri, experiment="srv-env"), config={},
                   project_root=tmp_path).close()
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "99"  # the user's setting wins
 
@@ -245,5 +237,5 @@ def test_server_refusing_the_host_name_is_a_tracking_error_with_the_fix(mlflow_s
         pytest.skip(f"host name {name!r} does not resolve to a loopback address here")
     uri = f"http://{name}:{mlflow_server.port}"  # not in the server's default --allowed-hosts
     with pytest.raises(TrackingError, match="--allowed-hosts including") as err:
-        Tracker.start({"uri": uri}, config={}, project_root=tmp_path)
+        Tracker.start(TrackingConfig(uri=uri), config={}, project_root=tmp_path)
     assert uri in str(err.value)
