@@ -135,16 +135,56 @@ def _mask_colors(count: int, single: tuple[float, float, float], image: np.ndarr
     return [np.asarray(palette(i % 10)[:3], dtype=np.float32) for i in range(count)]
 
 
+def _to_uint8(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) in [0, 1] -> torchvision's (3, H, W) uint8."""
+    return torch.from_numpy(np.round(image * 255).astype(np.uint8)).permute(2, 0, 1)
+
+
+def _from_uint8(pixels: torch.Tensor) -> np.ndarray:
+    return pixels.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
+
+
+def _rgb(color: Any) -> tuple[int, int, int]:
+    return tuple(int(round(255 * float(c))) for c in color[:3])
+
+
 def tint(image: np.ndarray, masks: np.ndarray, colors: list[Any]) -> np.ndarray:
     """``image`` (H, W, 3) in [0, 1] with each of the K masks (K, H, W) tinted in its colour,
     drawn by torchvision's ``draw_segmentation_masks`` (alpha ``MASK_ALPHA``)."""
     from torchvision.utils import draw_segmentation_masks
 
-    pixels = torch.from_numpy(np.round(image * 255).astype(np.uint8)).permute(2, 0, 1)
-    rgb = [tuple(int(round(255 * float(c))) for c in color[:3]) for color in colors]
-    drawn = draw_segmentation_masks(pixels, torch.from_numpy(np.ascontiguousarray(masks)), alpha=MASK_ALPHA,
-                                    colors=rgb)
-    return drawn.permute(1, 2, 0).numpy().astype(np.float32) / 255.0
+    drawn = draw_segmentation_masks(_to_uint8(image), torch.from_numpy(np.ascontiguousarray(masks)),
+                                    alpha=MASK_ALPHA, colors=[_rgb(c) for c in colors])
+    return _from_uint8(drawn)
+
+
+def prompt_panel(image: np.ndarray, points: np.ndarray | None, labels: np.ndarray | None,
+                 boxes: np.ndarray | None, count: int) -> np.ndarray:
+    """``image`` (H, W, 3) in [0, 1] with its prompts drawn by torchvision's ``draw_keypoints`` and
+    ``draw_bounding_boxes``: positive points in the colour of their mask, negative ones red, box
+    prompts (corner labels 2/3, or ``boxes``) as rectangles; padding points (-1) are not drawn.
+
+    Args:
+        points: (K, N, 2) xy pixels for the K masks, or None; labels: (K, N) SAM labels.
+        boxes: (M, 4) xyxy pixel boxes, or None.
+    """
+    from torchvision.utils import draw_bounding_boxes, draw_keypoints
+
+    pixels = _to_uint8(image)
+    radius = max(2, round(min(image.shape[:2]) / 64))  # visible on a 64 px crop and on a 1024 px image
+    colors = _mask_colors(count, (0.2, 1.0, 0.2))
+    if points is not None:
+        for k in range(points.shape[0]):
+            p, lab = torch.from_numpy(points[k]), torch.from_numpy(labels[k])
+            for keep, color in ((lab == 1, _rgb(colors[k % len(colors)])), (lab == 0, (255, 0, 0))):
+                if keep.any():
+                    pixels = draw_keypoints(pixels, p[keep][None], colors=color, radius=radius)
+            corners = torch.cat([p[lab == 2], p[lab == 3]], dim=1)  # (boxes, 4) xyxy
+            if len(corners):
+                pixels = draw_bounding_boxes(pixels, corners, colors=_rgb(colors[k % len(colors)]), width=2)
+    if boxes is not None and len(boxes):
+        pixels = draw_bounding_boxes(pixels, torch.from_numpy(boxes), colors="yellow", width=2)
+    return _from_uint8(pixels)
 
 
 def overlay_figure(
@@ -199,7 +239,8 @@ def overlay_figure(
             (imgs[r], "image"),
             (tint(imgs[r], gts[r], gt_colors), "ground truth"),
             (tint(imgs[r], preds[r], pred_colors), f"prediction ({iou_text})"),
-            (imgs[r], "prompt"),
+            (prompt_panel(imgs[r], None if pts is None else pts[r], None if lbls is None else lbls[r],
+                          None if bxs is None else bxs[r], count), "prompt"),
         ]
         for ax, (panel, label) in zip(axes[r], panels):
             ax.imshow(panel, interpolation="nearest")
@@ -210,7 +251,6 @@ def overlay_figure(
         _outline(axes[r][1], gts[r], gt_colors)
         _outline(axes[r][2], preds[r], pred_colors)
         _outline(axes[r][3], gts[r], ["white"] * count, style="--")
-        _draw_prompt(axes[r][3], pts, lbls, bxs, r, count)
     if title:
         fig.suptitle(title)
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.9 if rows == 1 else 0.94, wspace=0.05,
@@ -246,29 +286,6 @@ def _prompt_points(
         raise ValueError(f"point_labels must have one label per point, shape {pts.shape[:3]}; "
                          f"got {lbls.shape}.")
     return pts, lbls.reshape(pts.shape[:3])
-
-
-def _draw_prompt(ax: Any, pts: Any, lbls: Any, boxes: Any, row: int, count: int) -> None:
-    fg_colors = _mask_colors(count, (0.2, 1.0, 0.2))
-    if pts is not None:
-        for k in range(pts.shape[1]):
-            p, lab = pts[row, k], lbls[row, k]
-            color = fg_colors[k % len(fg_colors)]
-            fg, bg = p[lab == 1], p[lab == 0]
-            ax.scatter(fg[:, 0], fg[:, 1], marker="*", s=160, color=color, edgecolors="black")
-            ax.scatter(bg[:, 0], bg[:, 1], marker="X", s=110, color="red", edgecolors="black")
-            corners = p[lab == 2], p[lab == 3]
-            for (x0, y0), (x1, y1) in zip(*corners):
-                ax.add_patch(_rectangle(x0, y0, x1, y1, color))
-    if boxes is not None:
-        for x0, y0, x1, y1 in boxes[row]:
-            ax.add_patch(_rectangle(x0, y0, x1, y1, "yellow"))
-
-
-def _rectangle(x0: float, y0: float, x1: float, y1: float, color: Any) -> Any:
-    from matplotlib.patches import Rectangle
-
-    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linewidth=2)
 
 
 Series = Mapping[str, tuple[Sequence[float], Sequence[float]]]

@@ -40,3 +40,17 @@ def test_prediction_stays_visible_on_an_object_of_its_colour():
 def test_usual_colour_is_kept_where_it_is_visible():
     image, mask = _object_image((0.1, 0.3, 0.9))  # a blue object
     assert np.allclose(plots._mask_colors(1, plots.PRED_COLOR, image, mask)[0], plots.PRED_COLOR)
+
+
+def test_prompt_panel_draws_points_and_boxes_where_they_are():
+    image = np.zeros((64, 64, 3), np.float32)
+    points = np.array([[[10.0, 20.0], [40.0, 50.0], [0.0, 0.0], [5.0, 30.0], [25.0, 60.0]]], np.float32)
+    labels = np.array([[1, 0, -1, 2, 3]])  # positive, negative, padding, box corners
+    drawn = plots.prompt_panel(image, points, labels, np.array([[50.0, 2.0, 62.0, 12.0]], np.float32), count=1)
+    positive = np.round(np.asarray(plots._mask_colors(1, (0.2, 1.0, 0.2))[0]) * 255) / 255
+    assert np.allclose(drawn[20, 10], positive, atol=1 / 255)  # (row y, column x)
+    assert np.allclose(drawn[50, 40], (1.0, 0.0, 0.0))
+    assert not drawn[0:2, 0:2].any()  # the padding point is not drawn
+    assert drawn[45, 5].any() and drawn[45, 15].sum() == 0  # the corner box's left edge, not its inside
+    assert np.allclose(drawn[2, 56], (1.0, 1.0, 0.0))  # the yellow box's top edge
+    assert drawn.shape == image.shape and not image.any()  # the input is left untouched
