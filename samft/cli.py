@@ -75,7 +75,7 @@ def _evaluate(argv: list[str]) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(EVAL_USAGE)
         return 0 if argv else 2
-    if "--mode" in argv:  # "segment everything" evaluation: samft/engine/everything.py (issue 11)
+    if "--mode" in argv:  # "segment everything" evaluation: samft/engine/everything.py
         at = argv.index("--mode")
         mode, argv = argv[at + 1:at + 2], argv[:at] + argv[at + 2:]
         if mode == ["everything"]:

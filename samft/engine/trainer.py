@@ -323,8 +323,9 @@ class Trainer:
         return MicroStep(total, terms, weights, out, per_round, analysis)
 
     def _term_grad_norms(self, terms: dict[str, torch.Tensor], weights: dict[str, float] | None) -> dict[str, float]:
-        """Per-term gradient norms at the analysis layer every ``train.grad_analysis_every`` steps
-        (seed 004's ``analyze_loss_gradients``, done with autograd.grad so the step's backward is untouched)."""
+        """Per-term gradient norms at the analysis layer every ``train.grad_analysis_every`` steps: they show
+        which term dominates the shared layer's update. Computed with autograd.grad, so the step's own
+        backward (and its gradients) is untouched."""
         every = self.cfg.train.grad_analysis_every
         if not every or self.step % every:
             return {}

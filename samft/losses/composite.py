@@ -166,7 +166,7 @@ class MultiGranularity:
     """Weighted mean of one mask loss over granularity levels (e.g. fine / medium / coarse masks).
 
     Formula: ``loss = sum_l w_l L_l / sum_l w_l`` (``normalize="weights"``, default) or
-    ``sum_l w_l L_l / num_levels`` (``normalize="count"``). The seed divided a weighted *sum* by
+    ``sum_l w_l L_l / num_levels`` (``normalize="count"``). ``"count"`` divides a weighted *sum* by
     the number of levels, which is only a mean when the weights sum to that number; with
     ``"weights"`` the result is a true weighted mean, so scaling all weights changes nothing.
     Empty targets behave as in the level loss (``sam_mask`` zeroes masks without foreground).

@@ -54,8 +54,8 @@ def sample_weights(
         - ``uniform``: 1.
         - ``sigma_squared``: ``sigma^2`` (``sigma``).
         - ``snr``: ``alpha_t^2 / sigma^2`` with ``alpha_t = sqrt(1 - sigma^2)``, sigma in (0, 1].
-        - ``min_snr``: ``min(SNR, min_snr_gamma)``, gamma 5 (Hang et al. 2023, the clamp as
-          written in the seed; sigma = 0 gives gamma).
+        - ``min_snr``: ``min(SNR, min_snr_gamma)``, gamma 5 (Hang et al. 2023; clamping the SNR
+          itself keeps sigma = 0, an infinite SNR, finite: it gives gamma).
         - ``glove``: ``(counts / x_max)^alpha`` below ``x_max``, else 1 (x_max 100, alpha 0.75).
         - ``inverse_variance``: ``1 / variance`` (variance > 0).
         - ``importance``: ``p / q`` (likelihood ratio; p >= 0, q > 0).
@@ -109,7 +109,7 @@ def _rule_weights(
 
 @LOSSES.register("weighted")
 class Weighted:
-    """Per-sample weighted loss ``sum_i lambda_i l_i`` (seed 002).
+    """Per-sample weighted loss ``sum_i lambda_i l_i``.
 
     Formula: ``l_i`` = the base loss with ``reduction="none"`` averaged over all non-batch dims;
     ``lambda_i`` from ``rule`` (see ``sample_weights``), computed without gradient. Normalised:

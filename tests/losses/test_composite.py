@@ -1,4 +1,4 @@
-"""Composite losses: ``combined`` (weighted sum of named terms) and ``multi_granularity`` (seed 004)."""
+"""Composite losses: ``combined`` (weighted sum of named terms) and ``multi_granularity`` (levels of one mask loss)."""
 
 import pytest
 import torch
@@ -123,7 +123,7 @@ def test_multi_granularity_weighted_mean_over_levels():
     torch.testing.assert_close(out["loss"], expected)
     for i, v in enumerate(per_level):
         torch.testing.assert_close(out[f"level_{i}"], v)
-    # the seed's normalisation (by the number of levels) stays available
+    # normalising by the number of levels stays available (a mean only when the weights sum to it)
     counted = MultiGranularity(weights=[1.0, 2.0, 3.0], normalize="count")(logits, targets)
     torch.testing.assert_close(counted["loss"], expected * 6.0 / 3.0)
 

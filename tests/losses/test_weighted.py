@@ -1,4 +1,4 @@
-"""Per-sample weighted loss (seed 002): rule values, no-grad weights, normalisation, errors."""
+"""Per-sample weighted loss: rule values, no-grad weights, normalisation, errors."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Fixed weighting: SAM's defaults, scheduled weights, seed 004's DynamicLossScheduler through config."""
+"""Fixed weighting: SAM's defaults, scheduled weights, a warmup-then-ramp loss-weight scheduler through config."""
 
 from __future__ import annotations
 
@@ -45,13 +45,12 @@ def test_bf16_losses_are_summed_in_fp32():
 
 
 def dynamic_loss_weights(step, total_steps, focal_range, dice_range, iou_range, warmup_steps):
-    """Seed 004's DynamicLossScheduler.get_weights, with its divisions by zero fixed.
+    """A warmup-then-ramp loss-weight scheduler written directly, the reference for the config below.
 
-    The seed computes ``step / warmup_steps`` (fails for warmup_steps = 0) and divides by
-    ``total_steps - warmup_steps`` (fails when they are equal). Fixed: a zero-length span is a
-    jump to the end values at the warmup's end, and the IoU warmup ramps towards the IoU weight it
-    hands over to at the warmup's end (for a non-zero span that is ``iou_range[0]``, exactly the
-    seed's formula, whose progress is 0 throughout the warmup).
+    Focal and dice ramp linearly from their start to their end values between the warmup's end and
+    ``total_steps``; the IoU weight ramps towards the value it hands over to at the warmup's end
+    (``iou_range[0]`` for a non-zero span), then on to its end value. A zero-length warmup or ramp
+    (``warmup_steps`` 0, or equal to ``total_steps``) is a jump, not a division by zero.
     """
     warmup = min(1.0, step / warmup_steps) if warmup_steps > 0 else 1.0
     span = total_steps - warmup_steps
@@ -82,10 +81,10 @@ def dynamic_loss_config(total_steps, focal_range, dice_range, iou_range, warmup_
 @pytest.mark.parametrize(
     ("total_steps", "warmup_steps", "focal_range", "dice_range", "iou_range"),
     [
-        (10_000, 1000, (10.0, 20.0), (1.0, 1.0), (0.0, 1.0)),  # the seed's defaults
+        (10_000, 1000, (10.0, 20.0), (1.0, 1.0), (0.0, 1.0)),  # focal 10 -> 20, IoU 0 -> 1 after a warmup
         (5_000, 500, (20.0, 5.0), (0.5, 2.0), (0.2, 1.5)),  # decreasing focal, iou starting above 0
-        (3_000, 0, (10.0, 20.0), (1.0, 1.0), (0.0, 1.0)),  # no warmup (seed: ZeroDivisionError)
-        (800, 800, (10.0, 20.0), (1.0, 1.0), (0.3, 1.0)),  # warmup = whole run (seed: ZeroDivisionError)
+        (3_000, 0, (10.0, 20.0), (1.0, 1.0), (0.0, 1.0)),  # no warmup (step / warmup_steps would divide by 0)
+        (800, 800, (10.0, 20.0), (1.0, 1.0), (0.3, 1.0)),  # warmup = whole run (a zero-length ramp)
     ],
 )
 def test_fixed_with_schedules_reproduces_dynamic_loss_scheduler(total_steps, warmup_steps, focal_range,
@@ -99,7 +98,7 @@ def test_fixed_with_schedules_reproduces_dynamic_loss_scheduler(total_steps, war
         expected = dynamic_loss_weights(step, total_steps, focal_range, dice_range, iou_range, warmup_steps)
         got = strategy.weights_at(step)
         assert got == pytest.approx(expected, abs=1e-12), f"step {step}"
-    if warmup_steps == 1000:  # spot values of the seed's defaults, by hand
+    if warmup_steps == 1000:  # spot values of the first case, by hand
         assert strategy.weights_at(500) == pytest.approx({"focal": 10.0, "dice": 1.0, "iou": 0.0})
         assert strategy.weights_at(5500) == pytest.approx({"focal": 15.0, "dice": 1.0, "iou": 0.5})
     pickle.loads(pickle.dumps(strategy))
