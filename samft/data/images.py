@@ -16,7 +16,9 @@ as stored. Every mode PIL decodes (grayscale ``L``, ``CMYK``, palette, 16-bit) b
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -39,8 +41,12 @@ def upright_needed(im: Image.Image, width: int, height: int) -> bool | None:
     return None
 
 
-def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) -> np.ndarray:
+def read_image(path: Path | BinaryIO | bytes, height: int, width: int, target_hw: tuple[int, int],
+               name: str | None = None) -> np.ndarray:
     """Decode an image in its annotations' frame and return it ``[h, w, 3]`` uint8, resized to ``target_hw``.
+
+    ``path`` may also be the encoded bytes or a file object (an image inside a tar); ``name`` then
+    names it in messages.
 
     JPEGs are decoded at the smallest DCT scale (1/2, 1/4, 1/8) that is still at least the
     target size, which makes large images cheaper to read.
@@ -48,18 +54,21 @@ def read_image(path: Path, height: int, width: int, target_hw: tuple[int, int]) 
     Raises:
         BadFile: missing, undecodable or truncated file, or a size that differs from the json's.
     """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        path = io.BytesIO(bytes(path))
+    path_shown = name or path
     try:
         with Image.open(path) as im:
             upright = upright_needed(im, width, height)
             if upright is None:
-                raise BadFile(path, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
+                raise BadFile(path_shown, f"image is {im.size[0]}x{im.size[1]} but its json says {width}x{height}")
             h, w = target_hw
             im.draft("RGB", (h, w) if upright else (w, h))  # the stored bitmap is turned when upright
             im.load()
             shown = ImageOps.exif_transpose(im) if upright else im
             array = np.asarray(shown if shown.mode == "RGB" else shown.convert("RGB"))
     except FileNotFoundError:
-        raise BadFile(path, "image file is missing") from None
+        raise BadFile(path_shown, "image file is missing") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise BadFile(path, f"cannot decode image ({type(exc).__name__}: {exc})") from None
+        raise BadFile(path_shown, f"cannot decode image ({type(exc).__name__}: {exc})") from None
     return resize_image(array, target_hw)
