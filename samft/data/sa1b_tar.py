@@ -137,8 +137,9 @@ def _build_tar_records(tar: Path) -> list[dict[str, Any]]:
                not in jsons]
     for name in orphans:  # an image without annotations: reported as an unusable item
         rec = annotation_record(name, b"{}")
+        cut = f" ({problem})" if problem else ""
         rec.update(json=f"{tar.name}:{name}", member=name, image=name, at=[None, list(members[name])],
-                   error=f"json member {PurePosixPath(name).with_suffix('.json')} is missing from the tar")
+                   error=f"json member {PurePosixPath(name).with_suffix('.json')} is missing from the tar{cut}")
         records.append(rec)
     return records
 
