@@ -16,7 +16,7 @@ default: the reader's name, numbered when several share it).
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 SPEC_KEYS = ("name", "weight", "label")  # keys of a spec that are not the reader's options
@@ -28,12 +28,13 @@ def dataset_specs(value: Any, where: str) -> list[dict[str, Any]]:
     Raises:
         ValueError: a form that is none of these; the message starts with ``where``.
     """
-    items = value if isinstance(value, (list, tuple)) else [value]
+    value = plain(value)
+    items = value if isinstance(value, list) else [value]
     if not items:
         raise ValueError(f"{where}=[]: list at least one dataset.")
     specs = []
     for i, item in enumerate(items):
-        at = f"{where}[{i}]" if isinstance(value, (list, tuple)) else where
+        at = f"{where}[{i}]" if isinstance(value, list) else where
         if isinstance(item, str) and item.strip():
             spec = {"name": "sa1b", "root": item}
         elif isinstance(item, Mapping):
@@ -48,13 +49,23 @@ def dataset_specs(value: Any, where: str) -> list[dict[str, Any]]:
         specs.append({"name": str(name), "label": label, "weight": weight, "options": spec, "where": at})
     taken: dict[str, int] = {}
     for spec in specs:
-        taken[spec["name"]] = taken.get(spec["name"], 0) + 1
+        if spec["label"] is None:
+            taken[spec["name"]] = taken.get(spec["name"], 0) + 1
     seen: dict[str, int] = {}
     for spec in specs:
         if spec["label"] is None:
             n = seen[spec["name"]] = seen.get(spec["name"], 0) + 1
             spec["label"] = spec["name"] if taken[spec["name"]] == 1 else f"{spec['name']}{n}"
     return specs
+
+
+def plain(value: Any) -> Any:
+    """Config containers (OmegaConf's, tuples) as plain dicts and lists."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [plain(v) for v in value]
+    return value
 
 
 def reader_options(cls: Any) -> tuple[list[str], list[str]]:
