@@ -589,11 +589,27 @@ def _validation_keys(values: Mapping[str, Any]) -> list[str]:
     return [f"val/{k}" for k in names]
 
 
+def _val_labels(values: Mapping[str, Any]) -> list[str]:
+    """The labels of the validation datasets when there are several (their metrics: val/<label>/<metric>)."""
+    val = values["data"]["val"]
+    if not isinstance(val, list) or len(val) < 2:
+        return []
+    from samft.data.specs import dataset_specs
+
+    try:
+        return [s["label"] for s in dataset_specs(val, "data.val")]
+    except ValueError:
+        return []  # reported by _check_datasets
+
+
 def _check_best_metric(values: Mapping[str, Any]) -> None:
     from samft.metrics import VALIDATION_METRICS, direction
 
     e = values["eval"]
     key, known = e["best_metric"], _validation_keys(values)
+    parts = str(key).split("/")
+    if len(parts) == 3 and parts[1] in _val_labels(values):  # one validation dataset's metric
+        key = f"val/{parts[2]}"
     if key not in known:
         name = str(key).removeprefix("val/")
         clicks = re.fullmatch(r"miou_click(\d+)", name)
@@ -652,6 +668,10 @@ def _check_datasets(values: Mapping[str, Any]) -> None:
                 raise ConfigError(f"{spec['where']}.label={shown(label)}: the label {why}; give every dataset "
                                   "its own name without '/' (it is logged as val/<label>/<metric>).")
             labels.add(label)
+    val = values["data"]["val"]
+    if values["eval"]["everything"]["every"] and val is not None and not isinstance(val, str):
+        raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: 'segment everything' "
+                          "validation reads an SA-1B folder; set data.val=FOLDER or eval.everything.every=0.")
 
 
 def _check_dataset_spec(spec: dict[str, Any], registry: Registry, key: str) -> None:

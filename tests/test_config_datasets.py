@@ -78,3 +78,12 @@ def test_bad_dataset_specs_fail_at_load_with_one_line(files, override, message):
 def test_crops_and_the_embedding_cache_exclude_each_other():
     with pytest.raises(ConfigError, match="the cache needs data.crop.enabled=false"):
         load(DEMO, ["model.embedding_cache=cache", "model.freeze_image_encoder=true", "data.crop.enabled=true"])
+
+
+def test_best_metric_may_name_one_validation_datasets_metric(files):
+    val = f"data.val=[{{name: sa1b, root: {files}/img, label: a}}, {{name: sa1b, root: {files}/img, label: b}}]"
+    assert load(DEMO, [val, "eval.best_metric=val/b/miou_point"]).eval.best_metric == "val/b/miou_point"
+    with pytest.raises(ConfigError, match="eval.best_metric=val/c/miou_point: not a metric validation logs"):
+        load(DEMO, [val, "eval.best_metric=val/c/miou_point"])
+    with pytest.raises(ConfigError, match="eval.everything.every=5: 'segment everything' validation reads an SA-1B"):
+        load(DEMO, [val, "eval.everything.every=5"])

@@ -409,3 +409,19 @@ def test_tile_assignment_prefers_the_tile_holding_most_of_the_box():
     boxes = np.array([[10, 10, 20, 20], [80, 10, 10, 10], [60, 10, 60, 10], [150, 10, 20, 10]], float)
     # inside both: the nearer centre; half in each: the nearer centre; more in the second; only the second
     np.testing.assert_array_equal(assign_to_tiles(boxes, windows), [0, 0, 1, 1])
+
+
+def test_16_bit_grayscale_images_are_stretched_not_clipped(tmp_path):
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    images.mkdir()
+    labels.mkdir()
+    raw = np.zeros((20, 30), np.uint16)
+    raw[:, 15:] = 4000
+    raw[5:10, 5:10] = 1000
+    Image.fromarray(raw).save(images / "m.png")  # a 16-bit micrograph (values far above 255)
+    lab = np.zeros((20, 30), np.uint16)
+    lab[5:10, 5:10] = 1
+    Image.fromarray(lab).save(labels / "m.png")
+    item = LabelImageDataset(images, labels, image_size=30)[0]
+    image = item["image"][0, :20, :30].numpy()
+    assert image[0, 0] == 0 and image[0, 20] == 255 and image[6, 6] == round(1000 * 255 / 4000)
