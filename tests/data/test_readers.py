@@ -425,3 +425,25 @@ def test_16_bit_grayscale_images_are_stretched_not_clipped(tmp_path):
     item = LabelImageDataset(images, labels, image_size=30)[0]
     image = item["image"][0, :20, :30].numpy()
     assert image[0, 0] == 0 and image[0, 20] == 255 and image[6, 6] == round(1000 * 255 / 4000)
+
+
+def test_tar_of_converted_coco_tiny_photos_equals_the_folder(shared_dir, tmp_path):
+    from samft.data.coco import convert_coco
+
+    root = shared_dir / "data" / "coco_tiny"
+    folder = tmp_path / "sa1b"
+    convert_coco(root / "annotations" / "instances_val2017.json", root / "val2017", folder, max_images=10)
+    tar = make_tar(folder, tmp_path / "sa_000000.tar")
+    a = SA1BDataset(folder, image_size=256, max_masks=4, seed=1)
+    b = SA1BTarDataset(tar, image_size=256, max_masks=4, seed=1)
+    assert len(a) == len(b) == 10
+    for i in range(10):
+        assert_same_items(a[i], b[i])
+
+
+def test_empty_json_member_is_skipped_naming_it(sa1b_folder, tmp_path):
+    root, _ = sa1b_folder
+    (root / "b.json").write_text("{}")
+    ds = SA1BTarDataset(make_tar(root, tmp_path / "t.tar"), image_size=64)
+    reason = ds[1]["skipped"]["reason"]
+    assert reason.startswith("malformed SA-1B json (KeyError") and ds[1]["skipped"]["file"].endswith("t.tar:b.json")
