@@ -33,22 +33,32 @@ from samft.data.rle import checked_rle  # noqa: E402
 from samft.data.transforms import resize_mask  # noqa: E402
 
 
+class _DecodedMasks:
+    """Masks decoded ahead (all of the image's), resized on demand like the reader's."""
+
+    def __init__(self, masks: np.ndarray) -> None:
+        self.masks = masks
+
+    def __len__(self) -> int:
+        return self.masks.shape[2]
+
+    def decode(self, hw, window=None):
+        return np.stack([resize_mask(self.masks[:, :, k], hw) for k in range(self.masks.shape[2])])
+
+
 class DecodeAllDataset(SA1BDataset):
     """Baseline: decode every annotation of the image, then keep the sampled ones."""
 
-    def _annotations(self, index, chosen):
-        info, anns, image_path, raw = super()._annotations(index, chosen)
-        everything = json.loads(raw)["annotations"]
-        height, width = int(info["height"]), int(info["width"])
+    def _load(self, index, positions):
+        loaded = super()._load(index, positions)
+        everything = json.loads(loaded.cache_key)["annotations"]
+        height, width = loaded.info["height"], loaded.info["width"]
         rles = [checked_rle(a["segmentation"], height, width) for a in everything]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
-            self._all_masks = mask_utils.decode(rles)  # [H, W, N], every mask of the image
-        self._chosen = chosen
-        return info, anns, image_path, raw
-
-    def _decode_masks(self, rles, hw):
-        return np.stack([resize_mask(self._all_masks[:, :, int(k)], hw) for k in self._chosen])
+            all_masks = mask_utils.decode(rles)  # [H, W, N], every mask of the image
+        loaded.masks = _DecodedMasks(all_masks[:, :, np.asarray(positions, np.int64)])
+        return loaded
 
 
 def _time_pass(ds, epoch: int) -> float:

@@ -98,28 +98,32 @@ def _evaluate(argv: list[str]) -> int:
         json_out, argv = Path(argv[at + 1]), argv[:at] + argv[at + 2:]
     cfg = load(argv[0], argv[1:])  # before the engine's imports: a bad value is reported at once
     if not cfg.data.val:
-        raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
+        raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder (or a dataset spec).")
     from torch.utils.data import DataLoader
 
     from samft.data import collate_masks
-    from samft.engine.build import dataset_from_config, model_from_config
-    from samft.engine.evaluate import evaluate
+    from samft.engine.build import datasets_from_config, model_from_config
+    from samft.engine.evaluate import evaluate, mean_metrics
     from samft.engine.runtime import make_runtime
 
     root = Path.cwd()
     runtime = make_runtime(cfg.train.device, cfg.train.precision)
     model = model_from_config(cfg, root).to(runtime.device)
-    dataset = dataset_from_config(cfg, root, cfg.data.val, seed=cfg.eval.seed, train=False)
-    loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-                        collate_fn=collate_masks)
     e = cfg.eval
-    result = evaluate(model, loader, runtime, max_images=e.max_images, max_masks=e.max_masks,
-                      multimask=cfg.prompts.multimask, clicks=e.clicks, seed=e.seed)
-    width = max(len(k) for k in result.metrics)
-    for key, value in sorted(result.metrics.items()):
+    per_dataset = {}
+    for label, _, dataset in datasets_from_config(cfg, root, cfg.data.val, seed=e.seed, train=False):
+        loader = DataLoader(dataset, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+                            collate_fn=collate_masks)
+        per_dataset[label] = evaluate(model, loader, runtime, max_images=e.max_images, max_masks=e.max_masks,
+                                      multimask=cfg.prompts.multimask, clicks=e.clicks, seed=e.seed).metrics
+    metrics = mean_metrics(per_dataset)
+    if len(per_dataset) > 1:  # the means, and each dataset's as <label>/<metric> (as training logs them)
+        metrics.update({f"{label}/{k}": v for label, m in per_dataset.items() for k, v in m.items()})
+    width = max(len(k) for k in metrics)
+    for key, value in sorted(metrics.items()):
         print(f"{key:<{width}}  {value:.4f}")
     if json_out is not None:
-        json_out.write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+        json_out.write_text(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
 
 

@@ -50,9 +50,23 @@ class ModelConfig:
 
 
 @dataclass
+class CropConfig:
+    """Crops of large images: squares of ``multiple * model.image_size`` original pixels, resized to the
+    input size, from images whose longest side is larger (training: random, around a mask with
+    probability ``mask_prob``; evaluation: tiles overlapping by ``overlap``, each mask scored in one)."""
+
+    enabled: bool = False
+    multiple: float = 1.0
+    mask_prob: float = 0.9
+    overlap: float = 0.25
+
+
+@dataclass
 class DataConfig:
-    train: str = "data/sa1b/train"  # folder of <id>.jpg + <id>.json pairs
-    val: Optional[str] = None  # held-out folder for validation; None = no validation
+    # An SA-1B folder, a reader spec {name: sa1b | sa1b_tar | coco | label_images, ...options}, or a
+    # list of specs (train: each with a sampling weight; val: each logged as val/<label>/<metric>).
+    train: Any = "data/sa1b/train"
+    val: Any = None  # None = no validation
     batch_size: int = 1  # images per step (each carries up to max_masks masks)
     max_masks: int = 64  # SAM: at most 64 masks per GPU per step
     min_area: int = 1
@@ -65,6 +79,7 @@ class DataConfig:
     with_dist_maps: bool = False  # serve signed distance maps (boundary losses)
     dist_map_cache: Optional[str] = None  # precomputed maps; None: <data>/.samft_dist_maps if present, else on the fly
     dist_clip: Optional[float] = 0.05  # outside distances clipped at this share of the input side
+    crop: CropConfig = field(default_factory=CropConfig)
 
 
 @dataclass
@@ -207,6 +222,7 @@ def load(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> DictC
     _check_plugins(values)
     _check_best_metric(values)
     _check_augment(values)
+    _check_datasets(values)
     OmegaConf.set_readonly(merged, True)
     return merged
 
@@ -448,6 +464,10 @@ RULES: dict[str, Rule] = {
     "data.num_workers": _count(0, "data loader processes; 0 loads in the training process"),
     "data.on_error": _choice(ON_ERROR, "skip: log, count and leave a bad file out; raise: stop"),
     "data.dist_clip": _positive("a share of the input side", null="for unclipped maps"),
+    "data.crop.multiple": Rule(lambda v: _is_real(v) and v >= 1, "a number >= 1",
+                               "the crop side in model input sides; larger crops are resized to the input"),
+    "data.crop.mask_prob": _interval(0, 1, note="the probability that a training crop is placed around a mask"),
+    "data.crop.overlap": _interval(0, 1, high_open=True, note="the share of the tile side evaluation tiles overlap"),
     "prompts.mode": _choice(PROMPT_MODES, "the first prompt of every mask"),
     "prompts.box_prob": _interval(0, 1, note="the probability of a box in point_or_box mode"),
     "prompts.correction_clicks": _count(0, "rounds adding one click each"),
@@ -548,6 +568,10 @@ def _check_relations(values: Mapping[str, Any]) -> None:
     if m["embedding_cache"] and not m["freeze_image_encoder"]:
         raise ConfigError(f"model.embedding_cache={shown(m['embedding_cache'])}: the cache needs "
                           "model.freeze_image_encoder=true (a trained encoder changes its embeddings every step).")
+    if m["embedding_cache"] and d["crop"]["enabled"]:
+        raise ConfigError(f"model.embedding_cache={shown(m['embedding_cache'])}: the cache needs "
+                          "data.crop.enabled=false (random crops differ every epoch, so their embeddings cannot "
+                          "be reused).")
     if m["embedding_cache"] and d["augment"]:
         raise ConfigError(f"model.embedding_cache={shown(m['embedding_cache'])}: the cache needs data.augment=[] "
                           "(augmented images differ every epoch, so their embeddings cannot be reused).")
@@ -567,11 +591,27 @@ def _validation_keys(values: Mapping[str, Any]) -> list[str]:
     return [f"val/{k}" for k in names]
 
 
+def _val_labels(values: Mapping[str, Any]) -> list[str]:
+    """The labels of the validation datasets when there are several (their metrics: val/<label>/<metric>)."""
+    val = values["data"]["val"]
+    if not isinstance(val, list) or len(val) < 2:
+        return []
+    from samft.data.specs import dataset_specs
+
+    try:
+        return [s["label"] for s in dataset_specs(val, "data.val")]
+    except ValueError:
+        return []  # reported by _check_datasets
+
+
 def _check_best_metric(values: Mapping[str, Any]) -> None:
     from samft.metrics import VALIDATION_METRICS, direction
 
     e = values["eval"]
     key, known = e["best_metric"], _validation_keys(values)
+    parts = str(key).split("/")
+    if len(parts) == 3 and parts[1] in _val_labels(values):  # one validation dataset's metric
+        key = f"val/{parts[2]}"
     if key not in known:
         name = str(key).removeprefix("val/")
         clicks = re.fullmatch(r"miou_click(\d+)", name)
@@ -604,6 +644,76 @@ def _check_augment(values: Mapping[str, Any]) -> None:
         build_augmentation(specs, where="data.augment")
     except DataError as exc:
         raise ConfigError(str(exc)) from None
+
+
+# -- datasets -------------------------------------------------------------------------------------
+def _check_datasets(values: Mapping[str, Any]) -> None:
+    """``data.train`` and ``data.val``: known readers, known and complete options, existing paths, weights
+    and labels (see :mod:`samft.data.specs`). A plain folder (the original form) is checked when opened."""
+    from samft.data.specs import dataset_specs
+    from samft.registry import DATASETS
+
+    for key in ("data.train", "data.val"):
+        value = _value(values, key)
+        if value is None or isinstance(value, str):
+            continue
+        try:
+            specs = dataset_specs(value, key)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        labels: set[str] = set()
+        for spec in specs:
+            _check_dataset_spec(spec, DATASETS, key)
+            label = spec["label"]
+            if not isinstance(label, str) or not _folder_name(label) or label in labels:
+                why = "is used twice" if label in labels else "is not a plain name"
+                raise ConfigError(f"{spec['where']}.label={shown(label)}: the label {why}; give every dataset "
+                                  "its own name without '/' (it is logged as val/<label>/<metric>).")
+            labels.add(label)
+    val = values["data"]["val"]
+    if values["eval"]["everything"]["every"] and val is not None and not isinstance(val, str):
+        raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: 'segment everything' "
+                          "validation reads an SA-1B folder; set data.val=FOLDER or eval.everything.every=0.")
+
+
+def _check_dataset_spec(spec: dict[str, Any], registry: Registry, key: str) -> None:
+    from samft.data.specs import reader_options
+
+    at = spec["where"]
+    try:
+        cls = registry.get(spec["name"])
+    except RegistryError as exc:
+        raise ConfigError(f"{at}.name={shown(spec['name'])}: {exc}") from None
+    weight = spec["weight"]
+    if not _is_real(weight) or weight <= 0:
+        raise ConfigError(f"{at}.weight={shown(weight)}: use a number > 0 (the dataset's sampling weight in the "
+                          "training mixture).")
+    if key == "data.val" and weight != 1.0:
+        raise ConfigError(f"{at}.weight={shown(weight)}: validation scores every dataset; weights are for "
+                          "data.train.")
+    names, required = reader_options(cls)
+    for option, value in spec["options"].items():
+        if option not in names:
+            raise ConfigError(f"{at}.{option}={shown(value)}: reader {spec['name']!r} has no option {option!r}."
+                              f"{did_you_mean(option, names)} Its options: {', '.join(names)}, weight, label.")
+    for option, choices in getattr(cls, "OPTION_CHOICES", {}).items():
+        if option in spec["options"] and spec["options"][option] not in choices:
+            value = spec["options"][option]
+            raise ConfigError(f"{at}.{option}={shown(value)}: use one of {', '.join(choices)}."
+                              f"{did_you_mean(str(value), list(choices))}")
+    missing = [n for n in required if n not in spec["options"]]
+    if missing:
+        raise ConfigError(f"{at}: reader {spec['name']!r} needs {', '.join(missing)} (e.g. {at}.{missing[0]}=...). "
+                          f"Its options: {', '.join(names)}, weight, label.")
+    for option in registry.info(spec["name"]).get("paths", ()):
+        value = spec["options"].get(option)
+        for entry in value if isinstance(value, list) else [value] if value is not None else []:
+            if not isinstance(entry, str) or not entry.strip():
+                raise ConfigError(f"{at}.{option}={shown(value)}: use a path.")
+            pattern = any(c in entry for c in "*?[")
+            if not pattern and not Path(entry).expanduser().exists():
+                raise ConfigError(f"{at}.{option}={shown(entry)}: {entry} does not exist (paths are relative to the "
+                                  "folder you run from).")
 
 
 # -- plugin specs --------------------------------------------------------------------------------

@@ -114,6 +114,107 @@ def _decode(predictor: SamPredictor, batch: list[dict], n_points: int, has_box: 
     return [_annotation(rle, float(q), float(s), p) for rle, q, s, p in zip(rles, iou[:, 0], stability, batch)]
 
 
+# -- large images: tiles --------------------------------------------------------------------------
+def _prompt_box(prompt: dict[str, Any]) -> np.ndarray:
+    """``(x, y, w, h)`` the prompt covers: its box, else its points' bounding box."""
+    if prompt["box"] is not None:
+        x0, y0, x1, y1 = prompt["box"]
+    else:
+        (x0, y0), (x1, y1) = prompt["points"].min(0), prompt["points"].max(0)
+    return np.array([x0, y0, x1 - x0 + 1, y1 - y0 + 1], np.float64)
+
+
+def _shifted(prompt: dict[str, Any], dx: int, dy: int) -> dict[str, Any]:
+    offset = np.array([dx, dy], np.float64)
+    return {"points": None if prompt["points"] is None else prompt["points"] - offset, "labels": prompt["labels"],
+            "box": None if prompt["box"] is None else prompt["box"] - np.tile(offset, 2)}
+
+
+def _full_frame(ann: dict[str, Any], window: tuple[int, int, int, int], size: tuple[int, int]) -> dict[str, Any]:
+    """A tile's annotation moved into the whole image (mask pasted at the tile's place, box shifted)."""
+    from pycocotools import mask as mask_utils
+
+    x0, y0, w, h = window
+    seg = ann["segmentation"]
+    counts = seg["counts"].encode() if isinstance(seg["counts"], str) else seg["counts"]
+    full = np.zeros(size, np.uint8, order="F")
+    full[y0:y0 + h, x0:x0 + w] = mask_utils.decode({"size": seg["size"], "counts": counts})
+    rle = mask_utils.encode(full)
+    out = dict(ann, segmentation={"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode()},
+               bbox=_bbox(rle), area=int(mask_utils.area(rle)), tile=[x0, y0, w, h])
+    for key in ("point_coords",):
+        if key in out:
+            out[key] = (np.asarray(out[key], np.float64) + [x0, y0]).tolist()
+    if "box" in out:
+        out["box"] = (np.asarray(out["box"], np.float64) + [x0, y0, x0, y0]).tolist()
+    if "crop_box" in out:
+        cx, cy, cw, ch = out["crop_box"]
+        out["crop_box"] = [cx + x0, cy + y0, cw, ch]
+    return out
+
+
+def predict_tiled(predictor: SamPredictor, image: np.ndarray, prompts: list[dict[str, Any]], tile: int,
+                  overlap: float, batch_size: int = 64) -> list[dict]:
+    """:func:`predict_prompts` on an image larger than ``tile``: each prompt is decoded in the tile that holds
+    the largest part of its box (or of its points' bounding box; ties: the nearest tile centre), and its
+    mask is pasted into the whole image (nothing outside that tile). Tiles (``tile`` px squares,
+    ``overlap`` of their side shared with neighbours) are encoded only when a prompt needs them."""
+    from samft.data.base import assign_to_tiles, tile_windows
+
+    height, width = image.shape[:2]
+    windows = tile_windows(height, width, tile, overlap)
+    owner = assign_to_tiles(np.stack([_prompt_box(p) for p in prompts]), windows) if prompts else []
+    out: list[dict | None] = [None] * len(prompts)
+    for t, window in enumerate(windows):
+        rows = np.flatnonzero(np.asarray(owner) == t)
+        if not rows.size:
+            continue
+        x0, y0, w, h = window
+        predictor.set_image(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]))
+        shifted = [_shifted(prompts[i], x0, y0) for i in rows]
+        for i, ann in zip(rows, predict_prompts(predictor, shifted, batch_size)):
+            ann = _full_frame(ann, window, (height, width))
+            out[i] = {**ann, "id": int(i), **_prompt_fields(prompts[i])}
+    return out
+
+
+def _prompt_fields(prompt: dict[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    if prompt["points"] is not None:
+        fields["point_coords"], fields["point_labels"] = prompt["points"].tolist(), prompt["labels"].tolist()
+    if prompt["box"] is not None:
+        fields["box"] = prompt["box"].tolist()
+    return fields
+
+
+def everything_tiled(generator: Any, image: np.ndarray, tile: int, overlap: float,
+                     nms_thresh: float = 0.7) -> list[dict]:
+    """Automatic masks of an image larger than ``tile``, tile by tile, merged as SAM merges its crops: masks
+    whose box touches a tile edge inside the image are left out (a neighbouring tile holds them whole),
+    the rest are pasted into the whole image and duplicates removed by box NMS (``nms_thresh``), the
+    higher predicted IoU kept."""
+    from torchvision.ops import nms
+
+    from samft.data.base import tile_windows
+
+    height, width = image.shape[:2]
+    merged: list[dict] = []
+    for window in tile_windows(height, width, tile, overlap):
+        x0, y0, w, h = window
+        for ann in generator.generate(np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w])):
+            bx, by, bw, bh = ann["bbox"]
+            inner_edge = ((x0 > 0 and bx <= 1) or (y0 > 0 and by <= 1) or (x0 + w < width and bx + bw >= w - 1)
+                          or (y0 + h < height and by + bh >= h - 1))
+            if not inner_edge:
+                merged.append(_full_frame(ann, window, (height, width)))
+    if not merged:
+        return []
+    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in merged], dtype=torch.float64)
+    scores = torch.tensor([a["predicted_iou"] for a in merged], dtype=torch.float64)
+    return [merged[int(i)] for i in nms(boxes, scores, nms_thresh)]
+
+
 def _annotation(rle: dict, predicted_iou: float, stability: float, prompt: dict | None) -> dict[str, Any]:
     """One SA-1B annotation (bbox XYWH from the mask, as SA-1B's)."""
     coco = coco_encode_rle(rle)
@@ -179,10 +280,18 @@ def predict(args: argparse.Namespace) -> int:
         crop_n_layers=args.crop_n_layers) if args.everything else None
     args.out.mkdir(parents=True, exist_ok=True)
     total = 0
+    tiled = 0
     for path in tqdm(images, unit="image", disable=None):  # a bar on a terminal, none in a job's log
         image = read_image(path)
-        if generator is not None:
+        large = args.tile is not None and max(image.shape[:2]) > args.tile
+        tiled += large
+        if generator is not None and large:
+            anns = [{**a, "id": i} for i, a in enumerate(everything_tiled(generator, image, args.tile,
+                                                                          args.tile_overlap))]
+        elif generator is not None:
             anns = [{"id": i, **a} for i, a in enumerate(generator.generate(image))]
+        elif large:
+            anns = predict_tiled(predictor, image, prompts[path.name], args.tile, args.tile_overlap, args.batch_size)
         else:
             predictor.set_image(image)
             anns = predict_prompts(predictor, prompts[path.name], args.batch_size)
@@ -192,6 +301,7 @@ def predict(args: argparse.Namespace) -> int:
         if args.overlays:
             overlay(image, anns).save(args.out / f"{path.stem}.png")
         total += len(anns)
-    print(f"Wrote {total} masks for {len(images)} images to {args.out}")
+    print(f"Wrote {total} masks for {len(images)} images to {args.out}"
+          + (f" ({tiled} larger than --tile {args.tile} predicted in tiles)" if tiled else ""))
     return 0
 

@@ -27,6 +27,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stability-thresh", type=float, default=0.95)
     p.add_argument("--points-per-side", type=int, default=32)
     p.add_argument("--crop-n-layers", type=int, default=0)
+    p.add_argument("--tile", type=int, default=None,
+                   help="images whose longest side is larger are predicted in tiles of this side (pixels), "
+                        "e.g. 1024; default: whole images")
+    p.add_argument("--tile-overlap", type=float, default=0.25, help="share of the tile side neighbouring tiles share")
     return p
 
 

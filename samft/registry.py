@@ -243,3 +243,20 @@ METRICS = Registry(
     ),
     required=("better",),
 )
+DATASETS = Registry(
+    "datasets",
+    builtins="samft.data",
+    contract=(
+        "A dataset reader is a class built as ``cls(**options, **settings)``: ``options`` are its own\n"
+        "config options (``data.train: {name: coco, annotations: ..., images: ...}``; those it declares\n"
+        "as ``paths`` are resolved against the project folder and must exist), ``settings`` the shared\n"
+        "pipeline's (image_size, max_masks, prompt, transforms, filters, on_error, seed, crop, ...),\n"
+        "which it passes on to ``samft.data.base.MaskDataset.__init__``. It subclasses ``MaskDataset``\n"
+        "and implements ``_index()`` (one record per image: size and per-annotation area, scores and\n"
+        "crowd flags, or an ``error``) and ``_load(index, positions)`` (the image and the chosen masks\n"
+        "as RLEs or a label image); the base class does sampling, resize, crops, augmentation,\n"
+        "prompts, distance maps and the on_error policy. It declares which options are paths when it\n"
+        "registers: ``@DATASETS.register(name, paths=(\"root\",))`` (a plugin: a ``paths`` attribute)."
+    ),
+    required=("paths",),
+)

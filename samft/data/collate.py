@@ -8,8 +8,8 @@ from typing import Any
 
 import torch
 
+from samft.data.base import SKIPPED, TILES
 from samft.prompting import pad_prompts
-from samft.data.sa1b import SKIPPED
 
 
 @dataclass
@@ -20,7 +20,8 @@ class Batch:
     ``[B, S, S]`` (False on padding), ``meta`` (B dicts). Per mask: ``masks`` bool ``[N, S, S]``,
     ``points`` float32 ``[N, P, 2]`` and ``point_labels`` int64 ``[N, P]`` (see
     :mod:`samft.prompting`; -1 pads), ``image_index`` int64 ``[N]`` (the image of each mask),
-    ``dist_maps`` float32 ``[N, S, S]`` when asked for. ``skipped``: unreadable files left out.
+    ``dist_maps`` float32 ``[N, S, S]`` when asked for. ``ignore`` bool ``[B, S, S]`` (True where the loss
+    ignores pixels: COCO crowd regions) when any image has such regions. ``skipped``: unreadable files left out.
     ``embeddings`` ``[B, C, h, w]``: image embeddings from the embedding cache (the encoder is then
     skipped); ``cached_embeddings``: what the loader's workers read from it ahead (one per image, or None).
     """
@@ -34,6 +35,7 @@ class Batch:
     meta: list[dict[str, Any]] = field(default_factory=list)
     skipped: int = 0
     dist_maps: torch.Tensor | None = None
+    ignore: torch.Tensor | None = None
     embeddings: torch.Tensor | None = None
     cached_embeddings: list[torch.Tensor | None] | None = None
 
@@ -70,11 +72,12 @@ class Batch:
 
 
 def collate_masks(items: list[dict[str, Any]]) -> Batch:
-    """Collate :class:`~samft.data.sa1b.SA1BDataset` items into one batch.
+    """Collate dataset items (:class:`~samft.data.base.MaskDataset`) into one batch.
 
     Masks of all images are concatenated (N = sum of the K_i); ``image_index`` says which image
     each belongs to. Prompts are padded to the largest P with label -1. Skip markers are left
-    out and counted; a batch made only of skipped items has B = N = 0.
+    out and counted; a batch made only of skipped items has B = N = 0. An evaluation item made of
+    the tiles of a large image adds each tile as an image.
 
     Args:
         items: Items and skip markers from the dataset.
@@ -84,6 +87,7 @@ def collate_masks(items: list[dict[str, Any]]) -> Batch:
     """
     if not items:
         raise ValueError("collate_masks got an empty list of items.")
+    items = [part for it in items for part in (it[TILES] if TILES in it else [it])]
     good = [it for it in items if SKIPPED not in it]
     skipped = len(items) - len(good)
     if not good:
@@ -100,7 +104,15 @@ def collate_masks(items: list[dict[str, Any]]) -> Batch:
         meta=[it["meta"] for it in good],
         skipped=skipped,
         dist_maps=torch.cat([it["dist_maps"] for it in good]) if "dist_maps" in good[0] else None,
+        ignore=_ignore(good),
     )
+
+
+def _ignore(items: list[dict[str, Any]]) -> torch.Tensor | None:
+    """``[B, S, S]`` ignored pixels of the batch, or None when no image has any."""
+    if not any("ignore" in it for it in items):
+        return None
+    return torch.stack([it["ignore"] if "ignore" in it else torch.zeros_like(it["valid"]) for it in items])
 
 
 def _empty_batch(size: int, with_dist_maps: bool, skipped: int) -> Batch:

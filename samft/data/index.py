@@ -16,7 +16,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -99,7 +99,7 @@ def _number(value: Any) -> float | None:
 
 
 def parse_record(root: Path, name: str, text: str | bytes) -> dict[str, Any]:
-    """The index record of one SA-1B json (``error`` holds the reason when it is unusable).
+    """The index record of one SA-1B json in folder ``root`` (``error`` holds the reason when it is unusable).
 
     Args:
         root: Dataset folder (to check that the image file is inside it and exists).
@@ -110,7 +110,20 @@ def parse_record(root: Path, name: str, text: str | bytes) -> dict[str, Any]:
         Dict with ``json``, ``image``, ``image_id``, ``height``, ``width``, ``n``, ``area``,
         ``predicted_iou``, ``stability_score``, ``crowd`` and ``error``.
     """
-    stem = name[: -len(".json")]
+    record = annotation_record(name, text)
+    if record["error"]:
+        return record
+    try:
+        if not resolve_inside(root, record["image"]).is_file():
+            record["error"] = f"image file {record['image']} is missing"
+    except DataError as exc:
+        record["error"] = str(exc)
+    return record
+
+
+def annotation_record(name: str, text: str | bytes) -> dict[str, Any]:
+    """The index record of one SA-1B json's content (named ``name``), without looking for its image."""
+    stem = name[: -len(".json")] if name.endswith(".json") else name
     record: dict[str, Any] = {"json": name, "image": f"{stem}.jpg", "image_id": stem, "height": 0, "width": 0,
                               "n": 0, "area": [], "predicted_iou": [], "stability_score": [], "crowd": [],
                               "error": None}
@@ -129,12 +142,6 @@ def parse_record(root: Path, name: str, text: str | bytes) -> dict[str, Any]:
         record["crowd"] = [bool(a.get("iscrowd", 0)) for a in anns]
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         record["error"] = f"malformed SA-1B json ({type(exc).__name__}: {exc})"
-        return record
-    try:
-        if not resolve_inside(root, record["image"]).is_file():
-            record["error"] = f"image file {record['image']} is missing"
-    except DataError as exc:
-        record["error"] = str(exc)
     return record
 
 
@@ -151,8 +158,30 @@ def default_index_path(root: Path) -> Path:
     """``<root>/.samft_index.json`` when the folder is writable, else a per-folder file in the user cache."""
     if os.access(root, os.W_OK):
         return root / INDEX_NAME
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samft" / "index"
-    return cache / f"{hashlib.sha1(str(root.resolve()).encode()).hexdigest()}.json"
+    return user_cache_path(root, "index")
+
+
+def user_cache_path(path: Path, kind: str) -> Path:
+    """A file for ``path`` (keyed by its absolute path) under ``$XDG_CACHE_HOME/samft/<kind>``."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "samft" / kind
+    return cache / f"{hashlib.sha1(str(path.resolve()).encode()).hexdigest()}.json"
+
+
+def cached_records(path: Path, key: str, build: Callable[[], list[dict[str, Any]]],
+                   what: str) -> tuple[list[dict[str, Any]], bool]:
+    """Records stored at ``path`` under ``key`` (a hash of the inputs' names, sizes and times), else
+    ``build()``'s, stored there for next time (an unwritable place only costs rebuilding).
+
+    Returns:
+        ``(records, reused)``.
+    """
+    stored = _load(path)
+    if stored and stored.get("key") == key:
+        return stored["records"], True
+    records = build()
+    _save(path, {"version": INDEX_VERSION, "what": what, "key": key, "records": records})
+    log.info("indexed %s: %d records -> %s", what, len(records), path)
+    return records, False
 
 
 def _load(path: Path) -> dict[str, Any] | None:

@@ -127,6 +127,20 @@ class EverythingResult:
         return [{"pred_iou_thresh": i, "stability_thresh": s, **m} for (i, s), m in self.sweep.items()]
 
 
+def sa1b_folder(dataset: Any) -> Path:
+    """The folder of an SA-1B folder dataset: "segment everything" reads its annotation files.
+
+    Raises:
+        DataError: another reader (or a list of datasets).
+    """
+    root = getattr(dataset, "root", None)
+    if root is None:
+        raise DataError(f"'segment everything' evaluation reads an SA-1B folder (reader sa1b), not "
+                        f"{getattr(dataset, 'description', dataset)}: set data.val=FOLDER (convert COCO with "
+                        "tools/coco_to_sa1b.py).")
+    return Path(root)
+
+
 def annotation_files(folder: Path, max_images: int) -> list[Path]:
     """The first ``max_images`` SA-1B annotation files of ``folder``, sorted (hidden files are samft's own)."""
     json_paths = sorted(p for p in Path(folder).glob("*.json") if not p.name.startswith("."))[:max_images]
@@ -220,6 +234,9 @@ def everything_main(argv: list[str]) -> int:
     if not cfg.data.val:
         raise ConfigError("Evaluation reads data.val: set data.val=PATH to an SA-1B folder.")
     everything = cfg.eval.everything
+    if not isinstance(cfg.data.val, str):
+        raise ConfigError(f"data.val={cfg.data.val}: 'segment everything' evaluation reads an SA-1B folder; set "
+                          "data.val=FOLDER (convert COCO with tools/coco_to_sa1b.py).")
     json_paths = annotation_files(Path.cwd() / cfg.data.val, everything.max_images)
     model = model_from_config(cfg, Path.cwd()).to(select_device(cfg.train.device)).eval()
     pairs = list(itertools.product(everything.iou_grid, everything.stability_grid))

@@ -3,7 +3,9 @@
 ``DistributedSampler`` can shard and reshuffle per epoch but cannot start in the middle of one, so
 a resumed run would either repeat or skip data. This sampler draws the epoch's permutation from
 ``(seed, epoch)`` alone, shards it over ranks like ``DistributedSampler`` (padding by wrapping so
-every rank gets the same count), and starts at any position within the epoch.
+every rank gets the same count), and starts at any position within the epoch. With a mixture of
+datasets (``data.train`` as a weighted list) the epoch's order is :func:`samft.data.mixing.mixture_order`,
+also a pure function of ``(seed, epoch)``, so resuming stays exact.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+from samft.data.mixing import mixture_order
 
 
 class ResumableSampler(Sampler[int]):
@@ -22,11 +26,15 @@ class ResumableSampler(Sampler[int]):
         seed: Base seed; the permutation of epoch e uses ``seed + e``.
         shuffle: Permute each epoch (training) or keep the order (validation).
         rank, world_size: This process's shard.
+        mixture: ``(sizes, weights)`` of a :class:`~samft.data.mixing.MixedDataset`: each epoch draws
+            ``length`` indices by weight instead of a permutation.
     """
 
-    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, length: int, *, seed: int = 0, shuffle: bool = True, rank: int = 0, world_size: int = 1,
+                 mixture: tuple[list[int], list[float]] | None = None):
         if length <= 0:
             raise ValueError("ResumableSampler needs a non-empty dataset.")
+        self.mixture = mixture
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
@@ -43,7 +51,9 @@ class ResumableSampler(Sampler[int]):
         self.epoch, self.start = epoch, start
 
     def _shard(self) -> list[int]:
-        if self.shuffle:
+        if self.mixture is not None:
+            order = mixture_order(*self.mixture, self.seed, self.epoch, self.length)
+        elif self.shuffle:
             g = torch.Generator().manual_seed(self.seed + self.epoch)
             order = torch.randperm(self.length, generator=g).tolist()
         else:

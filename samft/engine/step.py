@@ -59,7 +59,8 @@ def loss_targets(batch: Batch, size: int) -> dict[str, torch.Tensor]:
     most of the input pixels it covers are.
     """
     masks = batch.masks.float()
-    valid = batch.valid[batch.image_index].float()
+    valid = batch.valid if batch.ignore is None else batch.valid & ~batch.ignore  # crowds: no loss there
+    valid = valid[batch.image_index].float()
     full = masks.shape[-1]
     out: dict[str, torch.Tensor] = {}
     if size == full:

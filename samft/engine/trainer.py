@@ -30,13 +30,13 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from samft.config import ConfigError, to_dict, to_yaml
-from samft.data import Batch, SA1BDataset, collate_masks
+from samft.data import Batch, MaskDataset, MixedDataset, collate_masks
 from samft.engine import console
 from samft.engine import distributed as dist
-from samft.engine.build import dataset_fingerprint, dataset_from_config, model_from_config
+from samft.engine.build import dataset_fingerprint, dataset_from_config, datasets_from_config, model_from_config
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial_writes, save_atomic
 from samft.engine.embedding_cache import EmbeddingCache, with_cached_embeddings
-from samft.engine.evaluate import evaluate
+from samft.engine.evaluate import evaluate, mean_metrics
 from samft.engine.interactive import InteractiveForward, Rounds, combine_rounds
 from samft.engine.optim import build_lr_scheduler, build_optimizer, param_groups
 from samft.engine.rng import get_rng_state, set_rng_state
@@ -121,10 +121,14 @@ class Trainer:
         self.runtime = make_runtime(cfg.train.device, cfg.train.precision,
                                     dist_init=lambda device: dist.init(device, self.dist))
         seed_everything(cfg.train.seed)
-        self.train_set = self._dataset(cfg.data.train, seed=cfg.train.seed)
-        self.val_set = self._dataset(cfg.data.val, seed=cfg.eval.seed, train=False) if cfg.data.val else None
+        self.train_set = dataset_from_config(cfg, self.root, cfg.data.train, seed=cfg.train.seed)
+        # validation: (label, dataset) each; several are logged as val/<label>/<metric> and their mean
+        self.val_sets = [(label, ds) for label, _, ds in datasets_from_config(
+            cfg, self.root, cfg.data.val, seed=cfg.eval.seed, train=False)] if cfg.data.val else []
+        self.val_set = self.val_sets[0][1] if self.val_sets else None
+        mixture = (self.train_set.sizes, self.train_set.weights) if isinstance(self.train_set, MixedDataset) else None
         self.sampler = ResumableSampler(len(self.train_set), seed=cfg.train.seed, rank=self.dist.rank,
-                                        world_size=self.dist.world_size)
+                                        world_size=self.dist.world_size, mixture=mixture)
         self.model = self._model()
         self.loss_fn = LOSSES.build(cfg.loss)
         self.terms = declared_terms(cfg.loss)
@@ -148,14 +152,11 @@ class Trainer:
         self.nonfinite_in_row = 0
         self.run_id: str | None = None
         self.best: float | None = None
-        self.val_loader: DataLoader | None = None
+        self.val_loaders: list[tuple[str, DataLoader]] = []
         # Last: a run folder appears only once everything above (data, model, plugins) was accepted.
         self.run_dir = self._run_dir()
 
     # -- building ---------------------------------------------------------------------------
-    def _dataset(self, root: str, *, seed: int, train: bool = True) -> SA1BDataset:
-        return dataset_from_config(self.cfg, self.root, root, seed=seed, train=train)
-
     def _model(self) -> torch.nn.Module:
         model = model_from_config(self.cfg, self.root)
         m = self.cfg.model
@@ -208,7 +209,8 @@ class Trainer:
                 "attribute on the loss.")
         return {k: out[k] for k in self.terms}
 
-    def _loader(self, dataset: SA1BDataset, sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
+    def _loader(self, dataset: MaskDataset | MixedDataset,
+                sampler: torch.utils.data.Sampler | None = None) -> DataLoader:
         d = self.cfg.data
         collate = collate_masks
         if self.embedding_cache is not None and dataset is self.train_set:
@@ -227,7 +229,7 @@ class Trainer:
         batch_size = self.cfg.data.batch_size
         if self.sampler.per_rank < batch_size:
             raise ConfigError(f"data.batch_size={batch_size} is larger than the {self.sampler.per_rank} images each "
-                              f"rank gets from {self.train_set.root}: lower data.batch_size.")
+                              f"rank gets from {self.train_set.description}: lower data.batch_size.")
         while True:
             start = self.position
             if self.sampler.per_rank - start * batch_size >= batch_size:  # else the epoch's batches are all drawn
@@ -241,7 +243,7 @@ class Trainer:
                     usable = True
                     yield batch
                 if not usable and start == 0:
-                    raise TrainingError(f"No usable mask in {self.train_set.root}: every image was skipped.")
+                    raise TrainingError(f"No usable mask in {self.train_set.description}: every image was skipped.")
             self._end_epoch()
 
     def _end_epoch(self) -> None:
@@ -485,24 +487,32 @@ class Trainer:
 
     def validate(self, tracker: Tracker) -> dict[str, float]:
         """Validation metrics over all ranks (each scores its share of the images); logged by rank 0,
-        and the best checkpoint kept (a decision every rank takes alike)."""
+        and the best checkpoint kept (a decision every rank takes alike). With several validation
+        datasets each is logged as ``val/<label>/<metric>`` and ``val/<metric>`` is their mean."""
         e = self.cfg.eval
-        if self.val_loader is None:  # built once: persistent workers are reused across validations
-            shard = ShardSampler(min(len(self.val_set), e.max_images), rank=self.dist.rank,
-                                 world_size=self.dist.world_size)
-            self.val_loader = self._loader(self.val_set, shard)
-        result = evaluate(self.model, self.val_loader, self.runtime, max_images=e.max_images,
-                          max_masks=e.max_masks, multimask=self.cfg.prompts.multimask, clicks=e.clicks,
-                          seed=e.seed + self.dist.rank,
-                          keep_examples=self.cfg.tracking.overlays if self.dist.is_main else 0)
-        metrics = {f"val/{k}": v for k, v in result.metrics.items()}
+        if not self.val_loaders:  # built once: persistent workers are reused across validations
+            for label, dataset in self.val_sets:
+                shard = ShardSampler(min(len(dataset), e.max_images), rank=self.dist.rank,
+                                     world_size=self.dist.world_size)
+                self.val_loaders.append((label, self._loader(dataset, shard)))
+        per_dataset, examples = {}, []
+        for label, loader in self.val_loaders:
+            result = evaluate(self.model, loader, self.runtime, max_images=e.max_images,
+                              max_masks=e.max_masks, multimask=self.cfg.prompts.multimask, clicks=e.clicks,
+                              seed=e.seed + self.dist.rank,
+                              keep_examples=self.cfg.tracking.overlays if self.dist.is_main and not examples else 0)
+            per_dataset[label] = result.metrics
+            examples = examples or result.examples
+        metrics = {f"val/{k}": v for k, v in mean_metrics(per_dataset).items()}
+        if len(per_dataset) > 1:
+            metrics.update({f"val/{label}/{k}": v for label, m in per_dataset.items() for k, v in m.items()})
         tracker.log_metrics(metrics, step=self.step)
-        if result.examples:
-            stacked = {k: torch.stack([ex[k] for ex in result.examples]) for k in result.examples[0]}
+        if examples:
+            stacked = {k: torch.stack([ex[k] for ex in examples]) for k in examples[0]}
             tracker.log_overlays(stacked["image"], stacked["gt"], stacked["pred"], stacked["points"],
                                  stacked["point_labels"], step=self.step, tag="val")
         self._keep_best(metrics)
-        log.info("%s", console.format_validation(self.step, metrics))
+        log.info("%s", console.format_validation(self.step, {k: v for k, v in metrics.items() if k.count("/") == 1}))
         return metrics
 
     def validate_everything(self, tracker: Tracker) -> dict[str, float]:
@@ -512,7 +522,7 @@ class Trainer:
         from samft.engine import everything as amg_eval
 
         e = self.cfg.eval.everything
-        files = amg_eval.annotation_files(self.val_set.root, e.max_images)
+        files = amg_eval.annotation_files(amg_eval.sa1b_folder(self.val_set), e.max_images)
         pairs = list(itertools.product(e.iou_grid, e.stability_grid))
         was_training = self.model.training
         self.model.eval()

@@ -129,12 +129,12 @@ def test_baselines_match_hand_computed_box_and_disk():
 def test_the_evaluation_dataset_reads_eval_max_masks_and_samples_no_prompt(demo_data, monkeypatch):
     """Evaluation prompts every mask itself: its dataset draws no prompt (none to throw away) and reads
     eval.max_masks masks per image, not data.max_masks."""
-    import samft.data.sa1b as sa1b
+    import samft.data.base as base
     from samft.config import load
     from samft.engine.build import dataset_from_config
 
     cfg = load(REPO / "configs" / "demo.yaml", ["data.max_masks=6", "eval.max_masks=2", "model.image_size=64"])
-    monkeypatch.setattr(sa1b, "sample_prompts", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
+    monkeypatch.setattr(base, "sample_prompts", lambda *a, **k: (_ for _ in ()).throw(AssertionError("sampled")))
     val = dataset_from_config(cfg, demo_data, "val", seed=0, train=False)
     batch = collate_masks([val[i] for i in range(len(val))])
     assert all(n <= 2 for n in torch.bincount(batch.image_index).tolist()) and batch.num_masks > len(val)

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 from segment_anything import SamPredictor
@@ -112,3 +113,54 @@ def test_bad_prompts_are_one_clear_error(trained_run, images, tmp_path, capsys, 
                          str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and expected in err and len(err.strip().splitlines()) == 1
+
+
+def test_large_images_are_predicted_in_tiles_each_prompt_in_its_tile(trained_run, images, tmp_path):
+    """--tile 32 on a 48 x 64 image: tiles at x 0/16/32, y 0/16 (a quarter overlap); each prompt decoded in the
+    tile holding most of it, its mask that tile's SamPredictor mask pasted into the whole image."""
+    from samft.data.base import assign_to_tiles
+
+    (tmp_path / "p.json").write_text(json.dumps({"a.png": PROMPTS}))
+    out = tmp_path / "out"
+    assert predict_main([str(trained_run), str(images), "--out", str(out), "--prompts", str(tmp_path / "p.json"),
+                         "--tile", "32"]) == 0
+    record = json.loads((out / "a.json").read_text())
+    windows = [(x, y, 32, 32) for y in (0, 16) for x in (0, 16, 32)]
+    image = np.asarray(Image.open(images / "a.png").convert("RGB"))
+    predictor = SamPredictor(load_model(trained_run))
+    for prompt, ann in zip(PROMPTS, record["annotations"], strict=True):
+        pts = np.array(prompt["points"], float) if "points" in prompt else None
+        box = np.array(prompt["box"], float) if "box" in prompt else None
+        x0, y0, x1, y1 = box if box is not None else (*pts.min(0), *pts.max(0))
+        x, y, w, h = windows[int(assign_to_tiles(np.array([[x0, y0, x1 - x0 + 1, y1 - y0 + 1]]), windows)[0])]
+        assert ann["tile"] == [x, y, w, h]
+        predictor.set_image(np.ascontiguousarray(image[y:y + h, x:x + w]))
+        single = pts is not None and len(pts) == 1 and box is None
+        masks, iou, _ = predictor.predict(None if pts is None else pts - [x, y], np.array(prompt.get("labels", [])),
+                                          None if box is None else box - [x, y, x, y], multimask_output=single)
+        want = np.zeros((48, 64), bool)
+        want[y:y + h, x:x + w] = masks[int(np.argmax(iou))]
+        assert np.array_equal(mask_utils.decode(ann["segmentation"]).astype(bool), want)
+        assert ann.get("point_coords") == prompt.get("points") and ann.get("box") == prompt.get("box")
+
+
+def test_automatic_masks_in_tiles_drop_cut_masks_and_duplicates(trained_run, images, tmp_path, looks_fine_tuned):
+    from torchvision.ops import box_iou
+
+    from samft.predict import everything_tiled
+
+    model = looks_fine_tuned(load_model(trained_run))
+    generator = AutomaticMaskGenerator(model, points_per_side=8, pred_iou_thresh=0.0, stability_score_thresh=0.0)
+    image = np.asarray(Image.open(images / "a.png").convert("RGB"))
+    anns = everything_tiled(generator, image, 32, 0.25)
+    assert anns, "the perturbed model finds masks"
+    for ann in anns:
+        x, y, w, h = ann["tile"]
+        mask = mask_utils.decode(ann["segmentation"]).astype(bool)
+        assert mask.shape == (48, 64) and not mask[:, :x].any() and not mask[:y].any()
+        bx, by, bw, bh = ann["bbox"]
+        assert not (x > 0 and bx <= x + 1) and not (x + w < 64 and bx + bw >= x + w - 1)  # not cut by a tile edge
+    boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns])
+    iou = box_iou(boxes, boxes).fill_diagonal_(0)
+    assert (iou <= 0.7).all()
