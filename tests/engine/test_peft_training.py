@@ -155,3 +155,21 @@ def _run_config(result):
     cfg = OmegaConf.create((result.run_dir / "config.yaml").read_text())
     cfg.model.checkpoint = str(result.checkpoint)
     return cfg
+
+
+def test_trainable_and_total_parameters_are_logged_to_the_console_and_mlflow(demo_data, tmp_path, caplog):
+    mlflow = pytest.importorskip("mlflow")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = tiny_config(demo_data, tmp_path, "train.steps=1", LORA, "tracking.enabled=true", f"tracking.uri={uri}",
+                      "tracking.system_metrics=false", "tracking.experiment=peft")
+    with caplog.at_level("INFO", logger="samft.train"):
+        trainer = Trainer(cfg)
+        result = trainer.fit()
+    trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in trainer.model.parameters())
+    assert trainable < total
+    assert f"parameters: {trainable:,} trainable of {total:,}" in caplog.text
+    run = mlflow.tracking.MlflowClient(uri).get_run(result.run_id)
+    assert run.data.tags["samft.trainable_params"] == str(trainable)
+    assert run.data.tags["samft.total_params"] == str(total)
+    assert run.data.params["model.peft.name"] == "lora"
