@@ -166,7 +166,7 @@ class Trainer:
         if self.cfg.model.activation_checkpointing:
             checkpoint_activations(model)
         trainable, total = parameter_counts(model)
-        self.parameter_counts = {"trainable_params": trainable, "total_params": total}
+        self.param_counts = {"trainable_params": trainable, "total_params": total}
         if self.dist.is_main:
             peft = self.cfg.model.peft
             log.info("parameters: %s trainable of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}",
@@ -629,7 +629,7 @@ class Trainer:
         tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
                                 resume_run_id=self.run_id, run_name=self.run_dir.name,
                                 tags={"samft.run_dir": str(self.run_dir),
-                                      **{f"samft.{k}": str(v) for k, v in self.parameter_counts.items()},
+                                      **{f"samft.{k}": str(v) for k, v in self.param_counts.items()},
                                       "samft.dataset_fingerprint": dataset_fingerprint(self.train_set)})
         log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)
         return tracker

@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from samft.cli import evaluate_main
 from samft.config import load
 from samft.engine.build import model_from_config
 from samft.engine.optim import param_groups
@@ -80,6 +81,19 @@ def test_checkpoint_holds_only_trained_tensors_and_the_base_identity(demo_data, 
     cfg.model.peft = None
     with pytest.raises(CheckpointError, match="is a PEFT checkpoint"):
         model_from_config(cfg, tmp_path)
+
+
+def test_evaluating_on_another_base_is_one_line_and_exit_2(demo_data, tmp_path, capsys):
+    result = Trainer(tiny_config(demo_data, tmp_path, "train.steps=1", LORA)).fit()
+    config = result.run_dir / "config.yaml"
+    argv = [str(config), f"model.checkpoint={result.checkpoint}", f"data.val={demo_data / 'val'}",
+            "eval.max_images=1", "eval.max_masks=1", "eval.clicks=0"]
+    assert evaluate_main([*argv, "train.seed=1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: Checkpoint ") and "Traceback" not in err
+    assert "adapts the base weights drawn at random from train.seed=0" in err
+    assert "set model.checkpoint=null train.seed=0" in err
+    assert evaluate_main(argv) == 0  # the run's own seed rebuilds its base
 
 
 def test_resume_with_lora_is_exact(demo_data, tmp_path):

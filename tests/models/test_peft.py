@@ -8,7 +8,15 @@ from segment_anything import sam_model_registry
 from torch.nn import functional as F
 
 from samft.export import export_sam
-from samft.models import PeftError, apply_peft, build_model, merge_peft, parameter_counts, trainable_state
+from samft.models import (
+    PeftError,
+    apply_peft,
+    build_model,
+    checkpoint_activations,
+    merge_peft,
+    parameter_counts,
+    trainable_state,
+)
 from samft.models.peft import weights_sha256
 from samft.registry import PEFT
 
@@ -64,6 +72,24 @@ def test_step_0_is_exact_under_bf16_autocast_too(key):
         reference = base.image_encoder(x)
         apply_peft(base, SPECS[key])
         assert torch.equal(base.image_encoder(x), reference)
+
+
+def test_activation_checkpointing_gives_lora_the_same_gradients():
+    grads = []
+    for checkpointed in (False, True):
+        model = tiny()
+        apply_peft(model, {"name": "lora", "dropout": 0.1, "targets": ["q", "v", "mlp"]})
+        perturb_trainables(model)
+        model.train()
+        if checkpointed:
+            checkpoint_activations(model)
+        torch.manual_seed(3)  # the same dropout masks; checkpoint replays them in the recomputation
+        image = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+        model.image_encoder(image).square().sum().backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if ".lora." in n})
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-5, atol=1e-6)
 
 
 def test_lora_on_q_and_v_equals_a_hand_built_weight_update():
