@@ -124,7 +124,8 @@ def _add_after(module: nn.Module, name: str, added: nn.Module) -> None:
 def _attach(module: nn.Module, name: str, added: nn.Module, hook: Any) -> None:
     if hasattr(module, name):
         raise PeftError(f"{type(module).__name__} already has a {name!r}: a PEFT method was applied twice.")
-    module.add_module(name, added.to(next(module.parameters()).device))
+    base = next(module.parameters(), None)  # the added weights live where the base's do, in its dtype
+    module.add_module(name, added if base is None else added.to(device=base.device, dtype=base.dtype))
     handles = module.__dict__.setdefault("_samft_peft_hooks", {})
     handles[name] = module.register_forward_hook(hook)
 
@@ -445,13 +446,14 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
     """Load a PEFT checkpoint's tensors: exactly the model's trainable ones, else one-line error."""
-    expected = set(trainable_state(model))
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        first = (missing or unexpected)[0]
+    expected = trainable_state(model)
+    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+    misshaped = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+    if missing or unexpected or misshaped:
+        first = (missing or unexpected or misshaped)[0]
         raise PeftError(f"{where} does not hold this config's trainable tensors ({len(missing)} missing, "
-                        f"{len(unexpected)} unexpected, e.g. {first}): its model.peft or model.freeze_* "
-                        "differ from the config's. Use the run's own config.yaml.")
+                        f"{len(unexpected)} unexpected, {len(misshaped)} of another shape, e.g. {first}): its "
+                        "model.peft or model.freeze_* differ from the config's. Use the run's own config.yaml.")
     model.load_state_dict(state, strict=False)
 
 

@@ -69,6 +69,10 @@ def test_checkpoint_holds_only_trained_tensors_and_the_base_identity(demo_data, 
     model = model_from_config(cfg, tmp_path)
     assert torch.equal(model.image_encoder.blocks[0].attn.qkv.lora.b.q, state["model"][
         "image_encoder.blocks.0.attn.qkv.lora.b.q"])
+    cfg.model.peft.rank = 3  # another method's tensors: refused by name and shape, not a traceback
+    with pytest.raises(CheckpointError, match="0 missing, 0 unexpected, 12 of another shape"):
+        model_from_config(cfg, tmp_path)
+    cfg.model.peft.rank = 2
     torch.manual_seed(6)
     torch.save(build_model("vit_tiny", 64).state_dict(), base)
     with pytest.raises(CheckpointError, match=r"adapts the base weights .*base\.pth \(sha256 [0-9a-f]{12}\), not "
