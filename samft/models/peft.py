@@ -460,7 +460,10 @@ def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], where: str)
 def base_identity(model: nn.Module, path: str | None, seed: int | None = None) -> dict[str, Any]:
     """What a PEFT checkpoint records of the base weights it adapts: their file (None: a random
     initialisation from ``seed``) and the sha256 of the weights themselves (:func:`weights_sha256`)."""
-    identity = {"path": path, "sha256": weights_sha256(model.state_dict())}
+    state = model.state_dict()
+    # A model built on the meta device (to plan memory, no values) has no weights to identify.
+    digest = None if any(t.is_meta for t in state.values()) else weights_sha256(state)
+    identity = {"path": path, "sha256": digest}
     return identity if path is not None else {**identity, "seed": seed}
 
 

@@ -217,3 +217,17 @@ def test_weights_sha256_depends_on_values_not_key_order():
     changed[key] = changed[key].clone()
     changed[key].view(-1)[0] += 1e-3
     assert weights_sha256(changed) != weights_sha256(state)
+
+
+def test_methods_apply_to_a_model_on_the_meta_device():
+    """The memory planner builds models without values: PEFT applies there too."""
+    with torch.device("meta"):
+        model = build_model("vit_tiny", 64)
+    from samft.models.peft import base_identity
+
+    assert base_identity(model, None, 0)["sha256"] is None
+    for spec in SPECS.values():
+        with torch.device("meta"):
+            model = build_model("vit_tiny", 64)
+        apply_peft(model, spec)
+        assert all(p.is_meta for p in model.parameters())
