@@ -231,3 +231,19 @@ def test_methods_apply_to_a_model_on_the_meta_device():
             model = build_model("vit_tiny", 64)
         apply_peft(model, spec)
         assert all(p.is_meta for p in model.parameters())
+
+
+def test_the_lora_preset_trains_what_the_readme_says_on_vit_b():
+    """configs/sam_ft_lora.yaml on ViT-B (built on the meta device: counts need no values)."""
+    from pathlib import Path
+
+    from samft.config import load
+    from samft.engine.build import model_from_config
+
+    cfg = load(Path(__file__).resolve().parents[2] / "configs" / "sam_ft_lora.yaml")
+    with torch.device("meta"):
+        model = model_from_config(cfg, Path.cwd())
+    assert parameter_counts(model) == (4_205_796, 93_882_928)  # the README's numbers
+    trained = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"image_encoder", "mask_decoder"}
+    assert all(".lora." in n for n, p in model.image_encoder.named_parameters() if p.requires_grad)
