@@ -45,7 +45,7 @@ class ModelConfig:
     freeze_mask_decoder: bool = False
     activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
     embedding_cache: Optional[str] = None  # folder caching image embeddings (frozen encoder, no augment)
-    peft: Optional[dict[str, Any]] = None  # a PEFT method {name: lora, rank: 4, ...}; None = full fine-tuning
+    peft: Any = None  # a PEFT method, {name: lora, rank: 4, ...} or a bare name; None = full fine-tuning
 
 
 @dataclass

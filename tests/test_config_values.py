@@ -29,6 +29,8 @@ BAD = [
     (("model.embedding_cache=cache", "model.freeze_image_encoder=true", "data.augment=[{name: HorizontalFlip}]"),
      "model.embedding_cache=cache: ", "needs data.augment=[]"),
     ("model.peft={name: lroa}", "model.peft.name=lroa: ", "Did you mean 'lora'?"),
+    ("model.peft=lroa", "model.peft.name=lroa: ", "Did you mean 'lora'?"),
+    ("model.peft=4", "model.peft=4: ", "use a mapping {name: ..., **options} naming a PEFT method"),
     ("model.peft={rank: 4}", "model.peft={rank: 4}: ", "add the PEFT method's name"),
     ("model.peft={name: lora, rnak: 4}", "model.peft.rnak=4: ", "Did you mean 'rank'?"),
     ("model.peft={name: lora, rank: 0}", "model.peft.rank=0: ", "rank must be a whole number >= 1"),
@@ -155,7 +157,7 @@ GOOD = [
     "schedule.after=2.0",
     "model.peft={name: lora, rank: 8, alpha: 16, dropout: 0.1, targets: [q, v, proj, mlp, decoder], blocks: [0, 1]}",
     ("model.peft={name: lora, targets: [decoder]}", "model.embedding_cache=cache", "model.freeze_image_encoder=true"),
-    "model.peft={name: ssf}", "model.peft={name: norm, parts: [image_encoder, mask_decoder]}",
+    "model.peft={name: ssf}", "model.peft=lora", "model.peft={name: norm, parts: [image_encoder, mask_decoder]}",
     ("model.peft={name: attention}", "model.freeze_image_encoder=true", "model.freeze_prompt_encoder=true",
      "model.freeze_mask_decoder=true"),
 ]

@@ -399,13 +399,13 @@ class AttentionMethod(_Selection):
 
 
 # -- applying, counting, saving -------------------------------------------------------------------
-def apply_peft(model: nn.Module, spec: dict[str, Any] | None) -> PeftMethod | None:
+def apply_peft(model: nn.Module, spec: dict[str, Any] | str | None) -> PeftMethod | None:
     """Apply the method ``spec`` names (``{name: lora, rank: 8}``; None: full fine-tuning) to ``model``.
 
     The method is kept as ``model.samft_peft`` for :func:`merge_peft` and checkpointing."""
     if not spec:
         return None
-    method = PEFT.build(dict(spec))
+    method = PEFT.build(spec if isinstance(spec, str) else dict(spec))
     method.apply(model)
     model.samft_peft = method
     return method
