@@ -8,7 +8,7 @@ Unknown keys, wrong types and bad values are rejected with one line that names t
 and says what to use (``train.steps=-5: use a whole number >= 1 ...``), before anything heavy
 starts: the value checks import nothing, the plugin checks the registries (torch).
 
-Plugin slots (``loss``, ``weighting``, ``schedule``) all have one shape, ``{name: ..., **options}``;
+Plugin slots (``loss``, ``weighting``, ``schedule``, ``model.peft``) all have one shape, ``{name: ..., **options}``;
 their options are checked against the registered callable's signature, and so are the specs
 nested in them (:data:`NESTED`: ``loss.extra_terms``, schedules in ``weighting.weights``, ...).
 Schedules are also built once, which checks their values.
@@ -30,7 +30,7 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from samft.archs import ARCHS, PATCH_SIZE
 from samft.checks import OptionError
 from samft.errors import UserError
-from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
+from samft.registry import LOSSES, PEFT, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
 
 
 class ConfigError(UserError, ValueError):
@@ -47,6 +47,7 @@ class ModelConfig:
     freeze_mask_decoder: bool = False
     activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
     embedding_cache: Optional[str] = None  # folder caching image embeddings (frozen encoder, no augment)
+    peft: Any = None  # a PEFT method, {name: lora, rank: 4, ...} or a bare name; None = full fine-tuning
 
 
 @dataclass
@@ -517,6 +518,7 @@ RULES: dict[str, Rule] = {
 # Keys without a rule above: paths and URIs (checked where they are opened) and values checked
 # with the others they depend on (_check_relations, _check_best_metric, _check_augment).
 NOT_RULED = frozenset({
+    "model.peft",  # a plugin spec: checked by _check_plugins
     "model.checkpoint", "model.embedding_cache", "model.image_size", "data.train", "data.val", "data.augment",
     "data.dist_map_cache", "train.output_dir", "train.resume", "eval.best_metric", "tracking.uri",
 })
@@ -740,10 +742,30 @@ NESTED: dict[tuple[str, str], dict[str, str]] = {
 def _check_plugins(values: Mapping[str, Any]) -> None:
     for key, registry in PLUGIN_SLOTS.items():
         _check_spec(values[key], registry, key)
+    _check_peft(values["model"])
     from samft.losses import declared_terms
 
     weighting = dict(values["weighting"])
     _build(WEIGHTINGS, str(weighting.pop("name")), weighting, "weighting", terms=declared_terms(values["loss"]))
+
+
+def _check_peft(model: Mapping[str, Any]) -> None:
+    """``model.peft``: a known method with valid options that fit the model, and none that adapts the
+    image encoder together with the embedding cache (an adapted encoder changes its embeddings)."""
+    spec = model["peft"]
+    if spec is None:
+        return
+    _check_spec(spec, PEFT, "model.peft")
+    options = {"name": spec} if isinstance(spec, str) else dict(spec)
+    method = PEFT.build(options)
+    try:
+        method.check(ARCHS[model["name"]].depth)
+    except ValueError as exc:
+        raise ConfigError(f"model.peft ({model['name']}): {exc}.") from None
+    if model["embedding_cache"] and "image_encoder" in method.adapts:
+        raise ConfigError(f"model.embedding_cache={shown(model['embedding_cache'])}: model.peft={shown(spec)} adapts "
+                          "the image encoder, so its embeddings change every step; adapt only the decoder "
+                          "(e.g. model.peft={name: lora, targets: [decoder]}) or drop the cache.")
 
 
 def _check_spec(spec: Any, registry: Registry, path: str, default_name: str | None = None) -> None:

@@ -260,3 +260,16 @@ DATASETS = Registry(
     ),
     required=("paths",),
 )
+PEFT = Registry(
+    "peft",
+    item="PEFT method",
+    builtins="samft.models.peft",
+    contract=(
+        "A PEFT method is a class built from its options (``model.peft: {name: lora, rank: 8}``) with\n"
+        "``adapts`` (the SAM parts whose base weights it freezes: image_encoder, prompt_encoder,\n"
+        "mask_decoder), ``foldable`` (whether ``merge`` works), ``check(encoder_depth)`` (raise ValueError for\n"
+        "options that do not fit the model), ``apply(model)`` (adapt a built SAM in place without renaming\n"
+        "any base weight; at step 0 the outputs must equal the base model's exactly) and ``merge(model)``\n"
+        "(fold into the base weights, leaving a plain SAM). Subclass samft.models.peft.PeftMethod."
+    ),
+)

@@ -28,6 +28,18 @@ BAD = [
     ("model.embedding_cache=cache", "model.embedding_cache=cache: ", "needs model.freeze_image_encoder=true"),
     (("model.embedding_cache=cache", "model.freeze_image_encoder=true", "data.augment=[{name: HorizontalFlip}]"),
      "model.embedding_cache=cache: ", "needs data.augment=[]"),
+    ("model.peft={name: lroa}", "model.peft.name=lroa: ", "Did you mean 'lora'?"),
+    ("model.peft=lroa", "model.peft.name=lroa: ", "Did you mean 'lora'?"),
+    ("model.peft=4", "model.peft=4: ", "use a mapping {name: ..., **options} naming a PEFT method"),
+    ("model.peft={rank: 4}", "model.peft={rank: 4}: ", "add the PEFT method's name"),
+    ("model.peft={name: lora, rnak: 4}", "model.peft.rnak=4: ", "Did you mean 'rank'?"),
+    ("model.peft={name: lora, rank: 0}", "model.peft.rank=0: ", "rank must be a whole number >= 1"),
+    ("model.peft={name: lora, targets: [q, x]}", "model.peft.targets=[q, x]: ", "use a list of q, k, v, qkv"),
+    ("model.peft={name: lora, blocks: [2]}", "model.peft (vit_tiny): ", "the image encoder has 2 blocks (0-1)"),
+    ("model.peft={name: adaptformer, scale: 0}", "model.peft.scale=0: ", "scale must be a number > 0"),
+    ("model.peft={name: bias, parts: [neck]}", "model.peft.parts=[neck]: ", "use a list of image_encoder"),
+    (("model.peft={name: lora}", "model.embedding_cache=cache", "model.freeze_image_encoder=true"),
+     "model.embedding_cache=cache: ", "adapts the image encoder"),
     # data
     ("data.batch_size=0", "data.batch_size=0: ", "use a whole number >= 1"),
     ("data.max_masks=0", "data.max_masks=0: ", "use a whole number >= 1"),
@@ -159,6 +171,11 @@ GOOD = [
     "schedule.after=2.0",
     "loss.iou_loss=smooth_l1", "loss.empty_target=keep",
     "weighting={name: fixed, weights: {name: linear, start: 0, end: 1, total_steps: 5}}",  # one schedule, every term
+    "model.peft={name: lora, rank: 8, alpha: 16, dropout: 0.1, targets: [q, v, proj, mlp, decoder], blocks: [0, 1]}",
+    ("model.peft={name: lora, targets: [decoder]}", "model.embedding_cache=cache", "model.freeze_image_encoder=true"),
+    "model.peft={name: ssf}", "model.peft=lora", "model.peft={name: norm, parts: [image_encoder, mask_decoder]}",
+    ("model.peft={name: attention}", "model.freeze_image_encoder=true", "model.freeze_prompt_encoder=true",
+     "model.freeze_mask_decoder=true"),
 ]
 
 

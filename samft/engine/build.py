@@ -7,11 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from samft.data import MaskDataset, MixedDataset
 from samft.data.specs import dataset_specs
-from samft.models import build_model, load_weights
+from samft.models import CheckpointError, apply_peft, build_model, freeze, load_weights, trainable_state
+from samft.models.checkpoint import read_checkpoint
+from samft.models.peft import base_identity, check_base, load_trainable
 from samft.registry import DATASETS
 
 
@@ -70,11 +72,51 @@ def dataset_from_config(cfg: DictConfig, root: Path, value: Any, *, seed: int,
 
 
 def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
-    """The configured SAM with ``model.checkpoint`` loaded (paths relative to ``root``), on the CPU."""
-    model = build_model(cfg.model.name, cfg.model.image_size)
-    if cfg.model.checkpoint:
-        load_weights(model, root / cfg.model.checkpoint, cfg.model.name)
+    """The configured SAM on the CPU: built, ``model.checkpoint`` loaded (paths relative to ``root``),
+    the ``model.freeze_*`` flags and ``model.peft`` applied.
+
+    With ``model.peft``, ``model.checkpoint`` is the base weights (Meta's ``.pth``, a full samft checkpoint,
+    or null: a random initialisation from ``train.seed``) or a checkpoint of a PEFT run: that holds only
+    the trained tensors, and its base is read from the file it records, checked by its sha256. The model
+    carries its base's identity as ``model.samft_base`` (what its checkpoints record).
+    """
+    m = cfg.model
+    path = root / m.checkpoint if m.checkpoint else None
+    obj = read_checkpoint(path) if path is not None else None
+    saved = obj.get("peft") if isinstance(obj, dict) else None
+    if saved is not None and not m.peft:
+        raise CheckpointError(f"Checkpoint {path} is a PEFT checkpoint (model.peft={saved['method']}) holding only "
+                              "trained tensors: set the same model.peft (or evaluate with the run's own config.yaml).")
+    base_path = path if saved is None else (Path(saved["base"]["path"]) if saved["base"]["path"] else None)
+    model = _base_model(cfg, random_from_seed=bool(m.peft) and base_path is None)
+    if base_path is not None:
+        load_weights(model, base_path, m.name, obj=obj if saved is None else None)
+    freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
+           mask_decoder=m.freeze_mask_decoder, adapters=bool(m.peft))
+    if m.peft:
+        identity = base_identity(model, str(base_path.resolve()) if base_path is not None else None, cfg.train.seed)
+        apply_peft(model, OmegaConf.to_container(m.peft, resolve=True) if isinstance(m.peft, DictConfig) else m.peft)
+        model.samft_base = identity
+        if saved is not None:
+            check_base(saved["base"], identity, f"Checkpoint {path}")
+            load_trainable(model, obj["model"], f"Checkpoint {path}")
     return model
+
+
+def _base_model(cfg: DictConfig, *, random_from_seed: bool) -> torch.nn.Module:
+    """The untrained model. A PEFT run's random base is drawn from ``train.seed`` alone, so that evaluation
+    and export rebuild the very weights its checkpoints adapt (and the global random stream is untouched)."""
+    if not random_from_seed:
+        return build_model(cfg.model.name, cfg.model.image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.train.seed)
+        return build_model(cfg.model.name, cfg.model.image_size)
+
+
+def peft_checkpoint_fields(model: torch.nn.Module, spec: Any) -> dict[str, Any]:
+    """What a PEFT run's checkpoint holds besides the training state: the trained tensors only, the
+    method and the identity of the base weights (read back by :func:`model_from_config`)."""
+    return {"model": trainable_state(model), "peft": {"method": spec, "base": model.samft_base}}
 
 
 def dataset_fingerprint(dataset: MaskDataset | MixedDataset) -> str:

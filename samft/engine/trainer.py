@@ -33,7 +33,13 @@ from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import Batch, MaskDataset, MixedDataset, collate_masks
 from samft.engine import console
 from samft.engine import distributed as dist
-from samft.engine.build import dataset_fingerprint, dataset_from_config, datasets_from_config, model_from_config
+from samft.engine.build import (
+    dataset_fingerprint,
+    dataset_from_config,
+    datasets_from_config,
+    model_from_config,
+    peft_checkpoint_fields,
+)
 from samft.engine.checkpoint import find_resume_checkpoint, load_checkpoint, remove_partial_writes, save_atomic
 from samft.engine.embedding_cache import EmbeddingCache, with_cached_embeddings
 from samft.engine.evaluate import evaluate, mean_metrics
@@ -46,7 +52,8 @@ from samft.engine.signals import StopSignals
 from samft.engine.step import encode_images, loss_targets, to_device
 from samft.errors import UserError
 from samft.losses import call_loss, declared_terms, loss_stats
-from samft.models import checkpoint_activations, freeze
+from samft.models import CheckpointError, checkpoint_activations, parameter_counts
+from samft.models.peft import check_base, load_trainable
 from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS
 from samft.tracking import Tracker
 from samft.weighting.analysis import resolve_params, term_grad_norms
@@ -158,12 +165,16 @@ class Trainer:
 
     # -- building ---------------------------------------------------------------------------
     def _model(self) -> torch.nn.Module:
-        model = model_from_config(self.cfg, self.root)
-        m = self.cfg.model
-        freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
-               mask_decoder=m.freeze_mask_decoder)
-        if m.activation_checkpointing:
+        model = model_from_config(self.cfg, self.root)  # frozen parts and PEFT applied there
+        if self.cfg.model.activation_checkpointing:
             checkpoint_activations(model)
+        trainable, total = parameter_counts(model)
+        self.param_counts = {"trainable_params": trainable, "total_params": total}
+        if self.dist.is_main:
+            peft = self.cfg.model.peft
+            log.info("parameters: %s trainable of %s (%.2f%%)%s", f"{trainable:,}", f"{total:,}",
+                     100.0 * trainable / max(total, 1), f", model.peft={to_dict(self.cfg)['model']['peft']}" if peft
+                     else "")
         return model.to(self.runtime.device)
 
     def _embedding_cache(self) -> EmbeddingCache | None:
@@ -404,7 +415,7 @@ class Trainer:
         """
         state = dist.on_main(self._read_resume_state)
         if state is not None:
-            self.load_state_dict(state)
+            self.load_state_dict(state, f"Checkpoint train.resume={self.cfg.train.resume}")
             log.info("resumed at step %d", self.step)
         tracker = self._tracker()
         self.run_id = tracker.run_id
@@ -555,9 +566,12 @@ class Trainer:
     # -- state ----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs to continue exactly where this one is (this rank's view;
-        :meth:`save` adds every rank's own part under ``ranks``)."""
+        :meth:`save` adds every rank's own part under ``ranks``). A PEFT run's holds only the trained
+        tensors under ``model`` and its method and base weights' identity under ``peft``."""
+        model = ({"model": self.model.state_dict()} if not self.cfg.model.peft
+                 else peft_checkpoint_fields(self.model, to_dict(self.cfg)["model"]["peft"]))
         return {
-            "model": self.model.state_dict(),
+            **model,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -576,8 +590,19 @@ class Trainer:
         return {"rng": get_rng_state(self.click_generator),
                 "epoch_sums": {k: v.detach().cpu() for k, v in self.epoch_sums.items()}}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
+    def load_state_dict(self, state: dict[str, Any], where: str = "The resumed checkpoint") -> None:
+        saved = state.get("peft")
+        if self.cfg.model.peft and saved is None:
+            raise CheckpointError(f"{where} holds a full model, but the config sets model.peft: resume it without "
+                                  "model.peft, or start the PEFT run afresh from it (model.checkpoint=...).")
+        if saved is not None and not self.cfg.model.peft:
+            raise CheckpointError(f"{where} is a PEFT checkpoint (model.peft={saved['method']}): resume with the "
+                                  "same model.peft.")
+        if saved is not None:
+            check_base(saved["base"], self.model.samft_base, where)
+            load_trainable(self.model, state["model"], where)
+        else:
+            self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -617,6 +642,7 @@ class Trainer:
         tracker = Tracker.start(self.cfg.tracking, config=to_dict(self.cfg), project_root=self.root,
                                 resume_run_id=self.run_id, run_name=self.run_dir.name,
                                 tags={"samft.run_dir": str(self.run_dir),
+                                      **{f"samft.{k}": str(v) for k, v in self.param_counts.items()},
                                       "samft.dataset_fingerprint": dataset_fingerprint(self.train_set)})
         log.info("run folder %s; %s", self.run_dir, tracker.ui_hint)
         return tracker

@@ -50,6 +50,8 @@ def resolve(path: str | Path) -> ResolvedCheckpoint:
         raise ExportError(f"{path} does not exist. Pass a run folder (outputs/RUN), its checkpoints/best.pt "
                           "or last.pt, or a SAM .pth file.")
     obj = _load(path)
+    if isinstance(obj, dict) and isinstance(obj.get("peft"), dict):
+        return _merged_peft(path, obj)
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state, (name, size) = obj["model"], _arch_of_training_checkpoint(path, obj)
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -74,6 +76,25 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Sam:
                           "Was it written by another samft version or edited?")
     model.load_state_dict(ckpt.state)
     return model.to(device).eval()
+
+
+def _merged_peft(path: Path, obj: dict[str, Any]) -> ResolvedCheckpoint:
+    """A PEFT run's checkpoint (trained tensors + the base's identity) as full weights: the base is
+    read from the file the checkpoint names (checked by its sha256), adapted, and the method folded in."""
+    from samft.engine.build import model_from_config
+    from samft.models import merge_peft
+    from samft.models.peft import PeftError
+
+    name, size = _arch_of_training_checkpoint(path, obj)
+    cfg = OmegaConf.create(obj["config"] if isinstance(obj.get("config"), str)
+                           else (path.parent.parent / "config.yaml").read_text())
+    cfg.model.checkpoint = str(path.resolve())
+    model = model_from_config(cfg, Path.cwd())
+    try:
+        merge_peft(model)
+    except PeftError as exc:
+        raise ExportError(f"{path}: {exc}") from None
+    return ResolvedCheckpoint(path, model.state_dict(), name, size)
 
 
 def strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

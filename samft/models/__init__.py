@@ -10,8 +10,10 @@ from samft.models.forward import (
     preprocess,
     upscale,
 )
+from samft.models.peft import PeftError, apply_peft, merge_peft, parameter_counts, trainable_state
 
 __all__ = [
-    "ARCHS", "CheckpointError", "best_output", "build_model", "checkpoint_activations", "decode_masks", "embed_prompts",
-    "freeze", "load_weights", "output_candidates", "preprocess", "read_state_dict", "upscale",
+    "ARCHS", "CheckpointError", "PeftError", "apply_peft", "best_output", "build_model", "checkpoint_activations",
+    "decode_masks", "embed_prompts", "freeze", "load_weights", "merge_peft", "output_candidates", "parameter_counts",
+    "preprocess", "read_state_dict", "trainable_state", "upscale",
 ]

@@ -66,13 +66,16 @@ def build_model(name: str, image_size: int = 1024) -> Sam:
 
 
 def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,
-           mask_decoder: bool = False) -> None:
-    """Turn off gradients of the chosen parts; frozen parts also stay in eval mode in training."""
+           mask_decoder: bool = False, adapters: bool = False) -> None:
+    """Turn off gradients of the chosen parts.
+
+    Args:
+        adapters: A PEFT method will add trainable parameters, so all three parts may be frozen."""
     for part, frozen in (("image_encoder", image_encoder), ("prompt_encoder", prompt_encoder),
                          ("mask_decoder", mask_decoder)):
         for param in getattr(model, part).parameters():
             param.requires_grad_(not frozen)
-    if image_encoder and prompt_encoder and mask_decoder:
+    if image_encoder and prompt_encoder and mask_decoder and not adapters:
         raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")
 
 

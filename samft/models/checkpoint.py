@@ -19,11 +19,8 @@ class CheckpointError(UserError, ValueError):
     """A checkpoint that cannot be loaded into the configured model; the message says what to do."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read model weights from a SAM ``.pth`` or a samft training checkpoint (key ``model``).
-
-    Uses ``torch.load(weights_only=True)``: no code from the file is executed.
-    """
+def read_checkpoint(path: str | Path) -> Any:
+    """The object in a weights file, read with ``torch.load(weights_only=True)``: no code from it runs."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
@@ -31,9 +28,18 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             "sam_vit_b_01ec64.pth) or to null to start from random weights."
         )
     try:
-        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"Checkpoint {path} could not be read as weights: {load_failure_reason(exc)}.") from None
+
+
+def read_state_dict(path: str | Path, obj: Any = None) -> dict[str, torch.Tensor]:
+    """Read model weights from a SAM ``.pth`` or a samft training checkpoint (key ``model``).
+
+    Args:
+        obj: What :func:`read_checkpoint` returned for ``path``, when the caller read it already.
+    """
+    obj = read_checkpoint(path) if obj is None else obj
     if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         obj = obj["model"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -41,9 +47,13 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_weights(model: nn.Module, path: str | Path, model_name: str = "") -> None:
-    """Load weights into ``model``, failing with one paragraph when keys or shapes disagree."""
-    state = read_state_dict(path)
+def load_weights(model: nn.Module, path: str | Path, model_name: str = "", obj: Any = None) -> None:
+    """Load weights into ``model``, failing with one paragraph when keys or shapes disagree.
+
+    Args:
+        obj: What :func:`read_checkpoint` returned for ``path``, when the caller read it already.
+    """
+    state = read_state_dict(path, obj)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))

@@ -135,3 +135,22 @@ def test_resume_without_a_shared_folder_is_exact(demo_data, tmp_path):
     assert_same(r0["model"], straight["model"])
     assert_same(r1["model"], straight["model"])
     assert not (split / "disk1").exists()
+
+
+def test_lora_under_two_ranks_with_a_small_checkpoint(demo_data, tmp_path):
+    """LoRA under DDP: frozen base weights are left out of the gradient all-reduce, the ranks end with the
+    same weights, the base stays bit-identical, and rank 0's checkpoint holds only the trained tensors."""
+    r0, r1, _ = torchrun(demo_data, tmp_path, "none", "train.steps=3", "data.val=null",
+                         "model.peft={name: lora, rank: 2}", "model.freeze_prompt_encoder=true")
+    assert r0["step"] == r1["step"] == 3
+    assert_same(r0["model"], r1["model"])
+    torch.manual_seed(0)  # ddp_run's train.seed: the random base the run adapted
+    from samft.models import build_model
+
+    base = build_model("vit_tiny", 64).state_dict()
+    for key, value in base.items():
+        if key.startswith(("image_encoder.", "prompt_encoder.")):
+            assert torch.equal(r0["model"][key], value), key
+    state = torch.load(Path(r0["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)
+    assert all(".lora." in k or k.startswith("mask_decoder.") for k in state["model"])
+    assert any(".lora.b.q" in k for k in state["model"]) and state["peft"]["base"]["path"] is None
