@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from samft.checks import fail
 from samft.models.checkpoint import CheckpointError
 from samft.registry import PEFT
 
@@ -159,7 +160,7 @@ class PeftMethod:
         if blocks is not None:
             if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Iterable) or not list(blocks) or not all(
                     isinstance(b, int) and not isinstance(b, bool) and b >= 0 for b in blocks):
-                raise PeftError(f"blocks must be null (every encoder block) or a list of block indexes >= 0; "
+                raise fail("blocks", f"blocks must be null (every encoder block) or a list of block indexes >= 0; "
                                 f"got {blocks!r}")
         self.blocks = None if blocks is None else sorted(set(blocks))
 
@@ -210,19 +211,19 @@ class LoRAMethod(PeftMethod):
                  targets: Sequence[str] = ("q", "v"), blocks: Sequence[int] | None = None) -> None:
         super().__init__(blocks)
         if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
-            raise PeftError(f"rank must be a whole number >= 1; got {rank!r}")
+            raise fail("rank", f"rank must be a whole number >= 1; got {rank!r}")
         if alpha is not None and (not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or
                                   not math.isfinite(alpha) or alpha <= 0):
-            raise PeftError(f"alpha must be a number > 0 (or null for alpha = rank); got {alpha!r}")
+            raise fail("alpha", f"alpha must be a number > 0 (or null for alpha = rank); got {alpha!r}")
         if not isinstance(dropout, (int, float)) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-            raise PeftError(f"dropout must be a number in [0, 1); got {dropout!r}")
+            raise fail("dropout", f"dropout must be a number in [0, 1); got {dropout!r}")
         targets = [targets] if isinstance(targets, str) else list(targets)
         unknown = [t for t in targets if t not in LORA_TARGETS]
         if unknown or not targets:
-            raise PeftError(f"targets names {unknown[0] if unknown else 'nothing'!r}: use a list of "
+            raise fail("targets", f"targets names {unknown[0] if unknown else 'nothing'!r}: use a list of "
                             f"{', '.join(LORA_TARGETS)}")
         if "qkv" in targets and set(targets) & set(_QKV):
-            raise PeftError("targets names qkv and some of q, k, v: the whole fused projection already "
+            raise fail("targets", "targets names qkv and some of q, k, v: the whole fused projection already "
                             "includes them; keep one")
         self.rank, self.alpha, self.dropout = rank, float(alpha if alpha is not None else rank), float(dropout)
         self.targets = tuple(dict.fromkeys(targets))
@@ -287,9 +288,9 @@ class AdaptFormerMethod(PeftMethod):
     def __init__(self, bottleneck: int = 64, scale: float = 0.1, blocks: Sequence[int] | None = None) -> None:
         super().__init__(blocks)
         if not isinstance(bottleneck, int) or isinstance(bottleneck, bool) or bottleneck < 1:
-            raise PeftError(f"bottleneck must be a whole number >= 1; got {bottleneck!r}")
+            raise fail("bottleneck", f"bottleneck must be a whole number >= 1; got {bottleneck!r}")
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale) or scale <= 0:
-            raise PeftError(f"scale must be a number > 0; got {scale!r}")
+            raise fail("scale", f"scale must be a number > 0; got {scale!r}")
         self.bottleneck, self.scale = bottleneck, float(scale)
 
     def _apply(self, model: nn.Module) -> None:
@@ -337,7 +338,8 @@ class _Selection(PeftMethod):
         parts = [parts] if isinstance(parts, str) else list(parts)
         unknown = [p for p in parts if p not in PARTS]
         if unknown or not parts:
-            raise PeftError(f"parts names {unknown[0] if unknown else 'nothing'!r}: use a list of {', '.join(PARTS)}")
+            raise fail("parts", f"parts names {unknown[0] if unknown else 'nothing'!r}: "
+                       f"use a list of {', '.join(PARTS)}")
         self.adapts = frozenset(parts)
 
     def _apply(self, model: nn.Module) -> None:

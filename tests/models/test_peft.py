@@ -7,6 +7,7 @@ import torch
 from segment_anything import sam_model_registry
 from torch.nn import functional as F
 
+from samft.checks import OptionError
 from samft.export import export_sam
 from samft.models import (
     PeftError,
@@ -194,11 +195,12 @@ def test_options_are_checked_with_the_option_named():
         ({"dropout": 1.0}, "dropout must be a number in [0, 1)"), ({"targets": ["qv"]}, "targets names 'qv'"),
         ({"targets": ["q", "qkv"]}, "targets names qkv and some of q, k, v"), ({"blocks": [-1]}, "blocks must be"),
     ]:
-        with pytest.raises(PeftError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+        with pytest.raises(OptionError, match=fragment.replace("[", r"\[").replace(")", r"\)")) as err:
             PEFT.build({"name": "lora", **options})
+        assert err.value.option == next(iter(options))
     with pytest.raises(PeftError, match="blocks names block 2, but the image encoder has 2 blocks"):
         apply_peft(tiny(), {"name": "ssf", "blocks": [2]})
-    with pytest.raises(PeftError, match="parts names 'neck'"):
+    with pytest.raises(OptionError, match="parts names 'neck'"):
         PEFT.build({"name": "bias", "parts": ["neck"]})
 
 
