@@ -30,7 +30,7 @@ def dataset_from_config(cfg: DictConfig, root: Path, folder: str, *, seed: int, 
 
 def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
     """The configured SAM with ``model.checkpoint`` loaded (paths relative to ``root``), on the CPU."""
-    model = build_model(cfg.model.name, cfg.model.image_size)
+    model = build_model(cfg.model.name, cfg.model.image_size, attention=cfg.model.attention)
     if cfg.model.checkpoint:
         load_weights(model, root / cfg.model.checkpoint, cfg.model.name)
     return model
