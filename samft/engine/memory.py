@@ -77,3 +77,27 @@ class PeakMemory(TorchDispatchMode):
         if self.device.type != "cuda":
             self.bytes = max(self.bytes, allocated_bytes())
         return out
+
+
+def step_peak(train_step, batch: Any, device: torch.device | str, base: int) -> int:
+    """Peak bytes of one training step in steady state, everything the run holds included.
+
+    Runs ``train_step(batch)`` once (AdamW allocates its state in the first step), then measures a
+    second step. ``base`` is :func:`allocated_bytes` taken before the model was built, so the result
+    counts the weights, the optimiser state and the step's activations and temporaries.
+    """
+    import gc
+
+    train_step(batch)
+    gc.collect()
+    with PeakMemory(device) as peak:
+        train_step(batch)
+    return peak.bytes - base
+
+
+def with_masks(batch: Any, count: int) -> Any:
+    """``batch`` (a collated :class:`samft.data.Batch`) with exactly ``count`` masks, its own repeated as
+    needed: the planner counts ``data.max_masks`` per image, so a measured step should carry as many."""
+    repeat = -(-count // batch.masks.shape[0])
+    return batch.replace(**{key: getattr(batch, key).repeat_interleave(repeat, 0)[:count]
+                            for key in ("masks", "points", "point_labels", "image_index")})

@@ -41,7 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from segment_anything.modeling.image_encoder import Attention
 
-from samft.config import ConfigError, load
+from samft.config import ConfigError, load, shown
 from samft.engine.build import model_from_config
 from samft.models import decode_masks, freeze
 
@@ -311,30 +311,48 @@ def _knobs(cfg: DictConfig, device: str) -> list[list[tuple[str | None, int]]]:
     return knobs
 
 
-def plan(path: str | Path, overrides: list[str], budget: int, device: str = "cuda") -> tuple[Estimate, list[Candidate]]:
-    """The configured step's estimate and every valid candidate that fits ``budget`` bytes, cheapest first.
+@dataclass(frozen=True)
+class Plan:
+    """The configured step's estimate, the candidates that fit (cheapest first) and the changes the
+    config refused (e.g. ``model.peft`` before a PEFT method is registered)."""
 
-    Candidates the config does not accept (e.g. ``model.peft`` before PEFT exists, fp16 on a CPU) are
-    skipped: each one is loaded and validated like a training config.
+    cfg: DictConfig
+    estimate: Estimate
+    fitting: list[Candidate]
+    refused: list[str]
+
+
+def plan(path: str | Path, overrides: list[str], budget: int, device: str = "cuda", top: int = 5) -> Plan:
+    """Estimate the configured step and find the ``top`` cheapest candidates that fit ``budget`` bytes.
+
+    Each change is first validated alone like a training config, so changes the config does not accept
+    (``model.peft`` when no PEFT is available, fp16 on a CPU) are skipped and listed; then combinations
+    are tried cheapest first, until ``top`` fit and costlier ones remain. A combination whose part fits
+    already is not listed.
     """
     cfg = load(path, overrides)
-    base = estimate(cfg, device)
+    knobs = _knobs(cfg, device)
+    refused = [o for options in knobs for o, _ in options if o and _refused_alone(path, overrides, o)]
+    knobs = [[(o, c) for o, c in options if o not in refused] for options in knobs]
+    # Cheapest first; of equal cost, fewer changes first, so that a fitting set is found before its supersets.
+    combos = sorted(_product(knobs), key=lambda combo: (sum(c for _, c in combo), sum(1 for o, _ in combo if o)))
     fitting: list[Candidate] = []
-    rejected: set[str] = set()
-    for combo in _product(_knobs(cfg, device)):
+    for combo in combos:
+        cost = sum(c for _, c in combo)
+        if len(fitting) >= top and cost > fitting[top - 1].cost:
+            break
         changes = tuple(o for o, _ in combo if o)
-        if any(c in rejected for c in changes):
-            continue
+        if any(set(f.overrides) <= set(changes) for f in fitting):
+            continue  # a part of these changes fits already: the rest is not needed
         try:
             candidate_cfg = load(path, [*overrides, *changes])
-        except ConfigError:
-            rejected.update(c for c in changes if _rejected_alone(path, overrides, c))
+        except ConfigError:  # a combination the config refuses although each change alone is fine
             continue
         est = estimate(candidate_cfg, device)
         if est.peak <= budget:
-            fitting.append(Candidate(changes, sum(c for _, c in combo), est))
+            fitting.append(Candidate(changes, cost, est))
     fitting.sort(key=lambda c: (c.cost, c.estimate.peak))
-    return base, fitting
+    return Plan(cfg, estimate(cfg, device), fitting[:top], refused)
 
 
 def _product(knobs: list[list[Any]]) -> list[list[Any]]:
@@ -344,7 +362,7 @@ def _product(knobs: list[list[Any]]) -> list[list[Any]]:
     return combos
 
 
-def _rejected_alone(path: str | Path, overrides: list[str], change: str) -> bool:
+def _refused_alone(path: str | Path, overrides: list[str], change: str) -> bool:
     try:
         load(path, [*overrides, change])
     except ConfigError:
@@ -352,8 +370,42 @@ def _rejected_alone(path: str | Path, overrides: list[str], change: str) -> bool
     return False
 
 
+def describe(result: Plan, budget: int, device: str, top: int = 5) -> str:
+    """The planner's printout: the configured step's breakdown, then the cheapest settings that fit."""
+    cfg, est = result.cfg, result.estimate
+    m, d, pr = cfg.model, cfg.data, cfg.prompts
+    rounds = 1 + pr.correction_clicks + pr.extra_rounds
+    peft = m.get("peft")
+    lines = [
+        f"one training step of {m.name} at {m.image_size} px, {d.batch_size} image(s) x {d.max_masks} masks, "
+        f"{rounds} rounds, {_precision(cfg, device)} on {device}: attention {m.attention}, activation checkpointing "
+        f"{'on' if m.activation_checkpointing else 'off'}, peft {shown(peft) if peft else 'none (full fine-tuning)'}",
+        f"weights: {est.total / 1e6:.1f}M, trainable {est.trainable / 1e6:.2f}M",
+        "",
+        "| memory | estimate |",
+        "|---|---:|",
+        *(f"| {name} | {gib(n)} |" for name, n in est.rows()),
+        f"| transient (at the {max(est.moments, key=est.moments.get)}) | {gib(est.transient)} |",
+        f"| **peak** | **{gib(est.peak)}** |",
+        "",
+        f"budget {gib(budget)}: " + ("fits as configured." if est.peak <= budget else "does not fit as configured."),
+    ]
+    if est.peak > budget or result.fitting and result.fitting[0].overrides:
+        if result.fitting:
+            lines += ["cheapest settings that fit (add to the command line):", "",
+                      "| # | overrides | peak | trainable |", "|---:|---|---:|---:|"]
+            lines += [f"| {i} | {c.text} | {gib(c.estimate.peak)} | {c.estimate.trainable / 1e6:.2f}M |"
+                      for i, c in enumerate(result.fitting[:top], 1)]
+        else:
+            lines.append("nothing the planner tries fits: use a larger GPU, several GPUs or a smaller model.")
+    if result.refused:
+        lines += ["", f"not tried (the config does not accept them): {', '.join(result.refused)}"]
+    return "\n".join(lines)
+
+
 def gib(n: int) -> str:
+    """Bytes as GiB (or MiB below 0.1 GiB)."""
     return f"{n / GiB:.2f} GiB" if n >= GiB / 10 else f"{n / 2**20:.0f} MiB"
 
 
-__all__ = ["Candidate", "Estimate", "estimate", "gib", "plan"]
+__all__ = ["Candidate", "Estimate", "Plan", "describe", "estimate", "gib", "plan"]
