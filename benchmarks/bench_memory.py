@@ -8,10 +8,12 @@ click; SAM's 11 rounds keep ~1.6 GiB of decoder activations per round at 16 mask
 machine with ~30 GB free). Peak memory: glibc's in-use bytes read after every aten op on a CPU,
 ``torch.cuda.max_memory_allocated`` on CUDA (``samft.engine.memory``), weights and optimiser state included.
 Time: the step after the measured one (wall and CPU seconds; CPU time is less sensitive to other jobs).
-Rows whose config is refused (``model.peft`` before a PEFT method exists) are skipped with a note; rows the
-planner expects not to fit in the memory available now are skipped too.
+Rows whose config is refused (``model.peft`` before a PEFT method exists) are skipped with a note. The run
+stops before measuring when the planner expects the baseline not to fit in the memory available now (ViT-B's
+baseline needs ~10.5 GiB at 16 masks; on a machine shared with other jobs use ``--model vit_tiny``, whose global
+attention at 1024 px is as long, 4096 tokens, with 2 heads).
 
-    python benchmarks/bench_memory.py [--quick] [--model vit_b] [--masks 16] [--rounds 2] [--threads 1]
+    python benchmarks/bench_memory.py [--quick] [--model vit_b] [--size 1024] [--masks 16] [--rounds 2] [--threads 1]
 """
 
 from __future__ import annotations
@@ -72,12 +74,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="vit_tiny at 512 px, 8 masks (for make bench)")
     parser.add_argument("--model", default="vit_b")
+    parser.add_argument("--size", type=int, default=1024, help="input side (vit_b, vit_l, vit_h: 1024 only)")
     parser.add_argument("--masks", type=int, default=16)
     parser.add_argument("--rounds", type=int, default=2, help="interactive rounds (SAM: 11)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model, size, masks = ("vit_tiny", 512, 8) if args.quick else (args.model, 1024, args.masks)
+    model, size, masks = ("vit_tiny", 512, 8) if args.quick else (args.model, args.size, args.masks)
     print(f"memory benchmark: {model}, {size} px, 1 image x {masks} masks, {args.rounds} rounds, fp32, "
           f"cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s), torch "
           f"{torch.__version__}")
@@ -95,17 +98,18 @@ def main() -> None:
         # a throw-away step first, so that the baseline row does not carry it.
         warm_up = [*common, "model.name=vit_tiny", "model.image_size=128", "data.max_masks=2"]  # later keys win
         measure(load(REPO / "configs" / "sam_ft.yaml", warm_up), tmp, 2)
+        configs = {}
         for name, overrides in ROWS.items():
             try:
-                cfg = load(REPO / "configs" / "sam_ft.yaml", [*common, *overrides])
+                configs[name] = load(REPO / "configs" / "sam_ft.yaml", [*common, *overrides])
             except ConfigError as exc:
                 print(f"skipped '{name}': the config does not accept it yet ({exc})")
-                continue
+        needed = max(estimate(cfg, "cpu").peak for cfg in configs.values())
+        if needed > 0.9 * available_bytes():
+            sys.exit(f"error: the planner expects up to {gib(needed)} per step, more than 90% of the "
+                     f"{gib(available_bytes())} available now; use a smaller --model or --masks, or wait.")
+        for name, cfg in configs.items():
             predicted = estimate(cfg, "cpu")
-            if predicted.peak > 0.9 * available_bytes():
-                print(f"skipped '{name}': the planner expects {gib(predicted.peak)}, more than the "
-                      f"{gib(available_bytes())} available now")
-                continue
             torch.manual_seed(0)
             peak, wall, cpu = measure(cfg, tmp, masks)
             rows.append((name, peak, wall, cpu, predicted.peak, predicted.trainable))
