@@ -46,6 +46,7 @@ class ModelConfig:
     freeze_prompt_encoder: bool = False
     freeze_mask_decoder: bool = False
     activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
+    attention: str = "sdpa"  # sdpa: exact, never stores the [N, N] attention (samft.models.attention) | eager
     embedding_cache: Optional[str] = None  # folder caching image embeddings (frozen encoder, no augment)
     peft: Any = None  # a PEFT method, {name: lora, rank: 4, ...} or a bare name; None = full fine-tuning
 
@@ -366,6 +367,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # The consumers keep these choices too (tests/test_config_values.py checks that both agree).
 
 MODEL_NAMES = tuple(ARCHS)
+ATTENTIONS = ("sdpa", "eager")  # samft.models.attention
 ON_ERROR = ("skip", "raise")  # samft.data.errors
 PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
 ROUND_LOSSES = ("mean", "sum", "last")  # samft.engine.interactive
@@ -456,6 +458,8 @@ SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 
 # Every key of the schema that is not a bool has a rule here or in NOT_RULED (tests enforce it).
 RULES: dict[str, Rule] = {
     "model.name": _choice(MODEL_NAMES, "the SAM variant; vit_tiny is a small CPU model"),
+    "model.attention": _choice(ATTENTIONS, "the image encoder's attention; sdpa is exact and stores no "
+                               "[N, N] attention matrix, eager is segment_anything's own"),
     "data.batch_size": _count(1, "images per step and rank"),
     "data.max_masks": _count(1, "masks per image and step"),
     "data.min_area": _count(0, "masks with fewer pixels are dropped"),

@@ -234,10 +234,12 @@ def test_choices_agree_with_their_consumers():
     from samft.engine.runtime import PRECISIONS
     from samft.engine.step import LOSS_RESOLUTIONS
     from samft.models import ARCHS
+    from samft.models.attention import ATTENTIONS
     from samft.prompting import PROMPT_MODES
 
     assert tuple(ON_ERROR) == config.ON_ERROR and tuple(PROMPT_MODES) == config.PROMPT_MODES
     assert ROUND_LOSSES == config.ROUND_LOSSES and PRECISIONS == config.PRECISIONS
+    assert ATTENTIONS == config.ATTENTIONS
     assert LOSS_RESOLUTIONS == config.LOSS_RESOLUTIONS and tuple(ARCHS) == config.MODEL_NAMES
 
 

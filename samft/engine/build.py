@@ -107,10 +107,10 @@ def _base_model(cfg: DictConfig, *, random_from_seed: bool) -> torch.nn.Module:
     """The untrained model. A PEFT run's random base is drawn from ``train.seed`` alone, so that evaluation
     and export rebuild the very weights its checkpoints adapt (and the global random stream is untouched)."""
     if not random_from_seed:
-        return build_model(cfg.model.name, cfg.model.image_size)
+        return build_model(cfg.model.name, cfg.model.image_size, attention=cfg.model.attention)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        return build_model(cfg.model.name, cfg.model.image_size)
+        return build_model(cfg.model.name, cfg.model.image_size, attention=cfg.model.attention)
 
 
 def peft_checkpoint_fields(model: torch.nn.Module, spec: Any) -> dict[str, Any]:

@@ -14,18 +14,22 @@ import torch.utils.checkpoint
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
 from samft.archs import ARCHS, PATCH_SIZE
+from samft.models.attention import use_attention
 from samft.registry import did_you_mean
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 
-def build_model(name: str, image_size: int = 1024) -> Sam:
+def build_model(name: str, image_size: int = 1024, attention: str = "eager") -> Sam:
     """Build an untrained SAM of the named variant, in train mode.
 
     Args:
         name: ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_tiny``.
         image_size: Square input side (multiple of 16). Fixed at 1024 for the released variants.
+        attention: ``eager`` (segment_anything's image-encoder attention) or ``sdpa`` (the same values
+            through one fused call that stores no attention matrix, :mod:`samft.models.attention`).
+            Parameters are the same either way.
 
     Returns:
         A ``Sam`` whose image embedding is ``image_size/16`` and low-res masks ``image_size/4``.
@@ -62,7 +66,7 @@ def build_model(name: str, image_size: int = 1024) -> Sam:
         pixel_mean=list(PIXEL_MEAN),
         pixel_std=list(PIXEL_STD),
     )
-    return model.train()
+    return use_attention(model, attention).train()
 
 
 def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,
