@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from samft.archs import ARCHS, PATCH_SIZE
-from samft.registry import LOSSES, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
+from samft.registry import LOSSES, MODELS, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
 
 
 class ConfigError(ValueError):
@@ -346,7 +346,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # folder. Paths are left to the code that opens them; plugin specs are checked by _check_plugins.
 # The consumers keep these choices too (tests/test_config_values.py checks that both agree).
 
-MODEL_NAMES = tuple(ARCHS)
+MODEL_NAMES = tuple(ARCHS)  # built-in models (samft.registry.MODELS); plugin models are added at check time
 ON_ERROR = ("skip", "raise")  # samft.data.errors
 PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
 ROUND_LOSSES = ("mean", "sum", "last")  # samft.engine.interactive
@@ -436,7 +436,8 @@ SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 
 
 # Every key of the schema that is not a bool has a rule here or in NOT_RULED (tests enforce it).
 RULES: dict[str, Rule] = {
-    "model.name": _choice(MODEL_NAMES, "the SAM variant; vit_tiny is a small CPU model"),
+    "model.name": Rule(lambda v: v in MODEL_NAMES or v in MODELS.plugin_names(), "one of " + ", ".join(MODEL_NAMES),
+                       "the model; vit_tiny is a small CPU model, vit_t is MobileSAM", choices=MODEL_NAMES),
     "data.batch_size": _count(1, "images per step and rank"),
     "data.max_masks": _count(1, "masks per image and step"),
     "data.min_area": _count(0, "masks with fewer pixels are dropped"),
@@ -532,11 +533,11 @@ def _check_values(values: Mapping[str, Any]) -> None:
 def _check_relations(values: Mapping[str, Any]) -> None:
     """Values that are only wrong together with others."""
     m, d, t = values["model"], values["data"], values["train"]
-    size, arch = m["image_size"], ARCHS[m["name"]]
+    size, arch = m["image_size"], ARCHS.get(m["name"])  # a plugin model checks its own size when it is built
     if not _is_int(size) or size < PATCH_SIZE or size % PATCH_SIZE:
         raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {PATCH_SIZE} "
-                          f"(the input side after resize and pad; e.g. {arch.fixed_image_size or 256}).")
-    if arch.fixed_image_size is not None and size != arch.fixed_image_size:
+                          f"(the input side after resize and pad; e.g. {(arch and arch.fixed_image_size) or 256}).")
+    if arch is not None and arch.fixed_image_size is not None and size != arch.fixed_image_size:
         raise ConfigError(
             f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
             f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")

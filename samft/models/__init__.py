@@ -1,6 +1,6 @@
 """SAM models: builders, checkpoint loading, freezing, and the differentiable forward pass."""
 
-from samft.models.build import ARCHS, build_model, checkpoint_activations, freeze
+from samft.models.build import ARCHS, build_model, checkpoint_activations, freeze, spec_of
 from samft.models.checkpoint import CheckpointError, load_weights, read_state_dict
 from samft.models.forward import (
     best_output,
@@ -13,5 +13,6 @@ from samft.models.forward import (
 
 __all__ = [
     "ARCHS", "CheckpointError", "best_output", "build_model", "checkpoint_activations", "decode_masks", "embed_prompts",
-    "freeze", "load_weights", "output_candidates", "preprocess", "read_state_dict", "upscale",
+    "freeze", "load_weights", "output_candidates", "preprocess", "read_state_dict", "spec_of",
+    "upscale",
 ]

@@ -11,7 +11,8 @@ from torch import nn
 from samft.models.build import ARCHS, PATCH_SIZE
 from samft.safe_load import load_failure_reason
 
-_EMBED_KEY = "image_encoder.patch_embed.proj.weight"
+_EMBED_KEY = "image_encoder.patch_embed.proj.weight"  # SAM's ViT patch embedding [C, 3, 16, 16]
+_TINY_VIT_STEM_KEY = "image_encoder.patch_embed.seq.0.c.weight"  # MobileSAM's TinyViT stem conv
 
 
 class CheckpointError(ValueError):
@@ -54,10 +55,12 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str = "") -> No
 
 def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
     """Name of the SAM variant whose image-encoder width matches the checkpoint, if any."""
+    if _TINY_VIT_STEM_KEY in state:
+        return "vit_t"
     weight = state.get(_EMBED_KEY)
     if weight is None:
         return None
-    names = [name for name, arch in ARCHS.items() if arch.embed_dim == weight.shape[0]]
+    names = [name for name, arch in ARCHS.items() if arch.encoder == "vit" and arch.embed_dim == weight.shape[0]]
     return names[0] if names else None
 
 
