@@ -215,3 +215,14 @@ def test_activation_checkpointing_keeps_gradients():
     for (name, p), q in zip(plain.named_parameters(), ckpt.parameters()):
         if p.grad is not None:
             torch.testing.assert_close(p.grad, q.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_onnx_export_of_encoder_and_decoder_runs_in_onnxruntime(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from samft.export.formats import check_decoder_onnx, check_encoder_onnx, export_decoder_onnx, export_encoder_onnx
+
+    torch.manual_seed(0)
+    model = build_model("vit_t", 128).eval()
+    assert check_encoder_onnx(model, export_encoder_onnx(model, tmp_path / "encoder.onnx")) < 1e-4
+    diffs = check_decoder_onnx(model, export_decoder_onnx(model, tmp_path / "decoder.onnx"))
+    assert max(diffs.values()) < 1e-4, diffs
