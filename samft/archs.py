@@ -38,6 +38,7 @@ class SamArch:
     # tiny_vit only: (channels, blocks, heads, window) per stage; stage 0 is convolutional (no heads, no window).
     stages: tuple[tuple[int, int, int, int], ...] = ()
     release: str = ""  # the released checkpoint file this variant loads (its key layout), for messages and docs
+    decoder: str = "sam"  # "hq": HQ-SAM's mask decoder (HQ token + feature fusion) on a frozen SAM
 
 
 _TINY_VIT_5M = ((64, 2, 0, 0), (128, 2, 4, 7), (160, 6, 5, 14), (320, 2, 10, 7))
@@ -53,6 +54,12 @@ ARCHS: dict[str, SamArch] = {
     # embedding, so any input side that is a multiple of 16 runs) + SAM's prompt encoder and decoder.
     "vit_t": SamArch(320, 12, 10, (), fixed_image_size=None, encoder="tiny_vit", stages=_TINY_VIT_5M,
                      release="mobile_sam.pt"),
+    # HQ-SAM: SAM's ViT + HQ-SAM's mask decoder; only the HQ additions train.
+    "hq_vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), decoder="hq", release="sam_hq_vit_b.pth"),
+    "hq_vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), decoder="hq", release="sam_hq_vit_l.pth"),
+    "hq_vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), decoder="hq", release="sam_hq_vit_h.pth"),
+    "hq_vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4,
+                           fixed_image_size=None, native_image_size=128, decoder="hq"),
 }
 
 __all__ = ["ARCHS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch"]

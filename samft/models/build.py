@@ -8,6 +8,8 @@ Every built-in is a :class:`segment_anything.modeling.Sam`; the entries are in :
 
 from __future__ import annotations
 
+import fnmatch
+
 import torch
 import torch.utils.checkpoint
 from segment_anything.modeling import Sam
@@ -68,7 +70,12 @@ def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = Fa
         for param in module.parameters():
             param.requires_grad_(not frozen)
         _keep_eval(module, frozen)
-    if image_encoder and prompt_encoder and mask_decoder:
+    only = spec_of(model).trainable  # e.g. HQ-SAM: only its additions ever train
+    if only:
+        for name, param in model.named_parameters():
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in only):
+                param.requires_grad_(False)
+    if not any(p.requires_grad for p in model.parameters()):
         raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")
 
 

@@ -1,4 +1,5 @@
-"""The built-in entries of ``samft.registry.MODELS``: SAM ViT-B/L/H, the small ``vit_tiny`` and MobileSAM's ``vit_t``.
+"""The built-in entries of ``samft.registry.MODELS``: SAM ViT-B/L/H, the small ``vit_tiny``, MobileSAM's
+``vit_t`` and HQ-SAM (``hq_vit_b/l/h``, ``hq_vit_tiny``).
 
 Each entry is a :class:`ModelSpec`: how the model is built, which released checkpoint layout it
 loads, which parts can be frozen, where layer-wise lr decay and activation checkpointing apply and
@@ -18,6 +19,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD, SamArch
+from samft.models.hq_sam import HQ_PARAMETERS, HQImageEncoderViT, MaskDecoderHQ
 from samft.models.tiny_vit import TinyViT
 from samft.registry import MODELS
 
@@ -38,6 +40,8 @@ class ModelSpec:
         peft_targets: ``fnmatch`` patterns of the ``nn.Linear`` modules PEFT adapters wrap (the
             attention's fused q/k/v projection in each image-encoder block, as SAMed and micro-sam).
         parts: The submodules that ``model.freeze_*`` can freeze.
+        trainable: ``fnmatch`` patterns of the only parameters that ever train (HQ-SAM: its additions;
+            empty: every parameter of the parts not frozen).
     """
 
     name: str
@@ -47,20 +51,22 @@ class ModelSpec:
     decay_layer: Callable[[nn.Module, str], tuple[int, int]]
     peft_targets: tuple[str, ...]
     parts: tuple[str, ...] = PARTS
+    trainable: tuple[str, ...] = ()
 
     def __call__(self, image_size: int = 1024) -> nn.Module:
         return self.build(image_size)
 
 
-def sam_parts(arch: SamArch, image_encoder: nn.Module, image_size: int) -> Sam:
+def sam_parts(arch: SamArch, image_encoder: nn.Module, image_size: int, decoder: type[MaskDecoder] = MaskDecoder,
+              **decoder_options) -> Sam:
     """SAM's prompt encoder and mask decoder around ``image_encoder`` (an ``S/16`` embedding of ``prompt_dim``)."""
     side = image_size // PATCH_SIZE
     return Sam(
         image_encoder=image_encoder,
         prompt_encoder=PromptEncoder(embed_dim=arch.prompt_dim, image_embedding_size=(side, side),
                                      input_image_size=(image_size, image_size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
+        mask_decoder=decoder(
+            **decoder_options, num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=arch.prompt_dim, mlp_dim=arch.decoder_mlp_dim,
                                           num_heads=arch.decoder_heads),
             transformer_dim=arch.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=arch.prompt_dim,
@@ -71,13 +77,17 @@ def sam_parts(arch: SamArch, image_encoder: nn.Module, image_size: int) -> Sam:
 
 
 def build_vit_sam(arch: SamArch, image_size: int) -> Sam:
-    """segment_anything's ``_build_sam`` architecture at ``arch``'s sizes."""
-    return sam_parts(arch, ImageEncoderViT(
+    """segment_anything's ``_build_sam`` architecture at ``arch``'s sizes (HQ-SAM's for ``decoder="hq"``)."""
+    hq = arch.decoder == "hq"
+    encoder = (HQImageEncoderViT if hq else ImageEncoderViT)(
         img_size=image_size, patch_size=PATCH_SIZE, embed_dim=arch.embed_dim, depth=arch.depth,
         num_heads=arch.num_heads, mlp_ratio=4, out_chans=arch.prompt_dim, qkv_bias=True,
         norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
         global_attn_indexes=arch.global_attn_indexes, window_size=arch.window_size,
-    ), image_size)
+    )
+    if hq:
+        return sam_parts(arch, encoder, image_size, MaskDecoderHQ, vit_dim=arch.embed_dim)
+    return sam_parts(arch, encoder, image_size)
 
 
 def build_tiny_vit_sam(arch: SamArch, image_size: int) -> Sam:
@@ -108,15 +118,17 @@ def tiny_vit_decay_layer(model: nn.Module, name: str) -> tuple[int, int]:
 
 
 def _register_vit(name: str) -> None:
+    hq = ARCHS[name].decoder == "hq"
     MODELS.register(name)(ModelSpec(
         name=name, build=partial(build_vit_sam, ARCHS[name]),
         release=ARCHS[name].release or "none (samft's own layout: Sam.state_dict())",
         encoder_blocks=vit_blocks, decay_layer=vit_decay_layer,
-        peft_targets=("image_encoder.blocks.*.attn.qkv",),
+        # HQ-SAM trains only its additions, so adapters on the frozen encoder would be its only change there.
+        peft_targets=("image_encoder.blocks.*.attn.qkv",), trainable=HQ_PARAMETERS if hq else (),
     ))
 
 
-for _name in ("vit_b", "vit_l", "vit_h", "vit_tiny"):
+for _name in ("vit_b", "vit_l", "vit_h", "vit_tiny", "hq_vit_b", "hq_vit_l", "hq_vit_h", "hq_vit_tiny"):
     _register_vit(_name)
 
 MODELS.register("vit_t")(ModelSpec(

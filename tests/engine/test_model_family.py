@@ -62,3 +62,27 @@ def test_frozen_mobile_sam_encoder_with_the_embedding_cache(two_images, tmp_path
     cached = list((tmp_path / "emb").rglob("*.pt"))
     assert len(cached) == 2
     assert torch.load(cached[0], weights_only=True).shape == (256, 4, 4)
+
+
+def hq_config(data, root, *overrides):
+    return load(REPO / "configs" / "sam_hq_ft.yaml", [
+        f"data.train={data / 'train'}", "data.val=null", "data.num_workers=0", "data.max_masks=4",
+        "data.batch_size=2", "model.name=hq_vit_tiny", "model.image_size=64", "prompts.correction_clicks=1",
+        "prompts.extra_rounds=0", "train.progress=false", "tracking.enabled=false", "tracking.log_every=2",
+        f"train.output_dir={root / 'out'}", "train.threads=1", *overrides,
+    ])
+
+
+def test_hq_sam_trains_only_its_additions_and_its_loss_falls(two_images, tmp_path):
+    trainer = Trainer(hq_config(two_images, tmp_path, "train.steps=16", f"model.embedding_cache={tmp_path / 'emb'}"))
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.fit()
+    after = trainer.model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    hq = ("hf_token", "hf_mlp", "compress_vit_feat", "embedding_encoder", "embedding_maskfeature")
+    assert changed and all(k.split(".")[1] in hq for k in changed), changed
+    assert {r["weight/bce"] for r in result.history} == {1.0} and {r["weight/focal"] for r in result.history} == {0.0}
+    losses = [r["loss/total"] for r in result.history]
+    assert sum(losses[-2:]) / 2 < 0.8 * sum(losses[:2]) / 2, losses
+    cached = list((tmp_path / "emb").rglob("*.pt"))
+    assert len(cached) == 2 and torch.load(cached[0], weights_only=True).shape == (64 + 96, 4, 4)
