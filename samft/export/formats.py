@@ -55,13 +55,19 @@ def export_sam(model: Sam, name: str, out: str | Path) -> list[Path]:
     return [out, sidecar]
 
 
+def embedding_channels(model: Sam) -> int:
+    """Channels of the image encoder's output: SAM's embedding, plus the early ViT feature for HQ-SAM."""
+    hq_fusion = getattr(model.mask_decoder, "compress_vit_feat", None)
+    return model.prompt_encoder.embed_dim + (hq_fusion[0].in_channels if hq_fusion is not None else 0)
+
+
 def decoder_dummy_inputs(model: Sam, num_points: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
     """Inputs of ``SamOnnxModel`` for one image, as segment_anything's export script makes them."""
     g = torch.Generator().manual_seed(seed)
     size = model.image_encoder.img_size
     h, w = model.prompt_encoder.image_embedding_size
     return {
-        "image_embeddings": torch.randn(1, model.prompt_encoder.embed_dim, h, w, generator=g),
+        "image_embeddings": torch.randn(1, embedding_channels(model), h, w, generator=g),
         "point_coords": torch.randint(0, size, (1, num_points, 2), generator=g).float(),
         "point_labels": torch.randint(-1, 4, (1, num_points), generator=g).float(),
         "mask_input": torch.randn(1, 1, 4 * h, 4 * w, generator=g),

@@ -133,3 +133,22 @@ def test_a_sam_checkpoint_starts_hq_sam_and_an_hq_checkpoint_round_trips(tmp_pat
     again = build_model("hq_vit_tiny", 64)
     load_weights(again, tmp_path / "hq.pth", "hq_vit_tiny")
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in hq.state_dict().items())
+
+
+def test_export_round_trip_and_onnx(tiny, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from samft.export import load_model
+    from samft.export.formats import (
+        check_decoder_onnx,
+        check_encoder_onnx,
+        export_decoder_onnx,
+        export_encoder_onnx,
+        export_sam,
+    )
+
+    files = export_sam(tiny, "hq_vit_tiny", tmp_path / "hq.pth")
+    loaded = load_model(files[0])
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in tiny.state_dict().items())
+    assert check_encoder_onnx(tiny, export_encoder_onnx(tiny, tmp_path / "encoder.onnx")) < 1e-4
+    diffs = check_decoder_onnx(tiny, export_decoder_onnx(tiny, tmp_path / "decoder.onnx"))
+    assert max(diffs.values()) < 1e-4, diffs
