@@ -431,13 +431,19 @@ def _grid(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(_in(0.0, 1.0)(t) for t in v)
 
 
+def _model_name_rule() -> Rule:
+    """Built-in models and those plugins add (entry points of ``samft.models``, listed without importing)."""
+    names = MODEL_NAMES + tuple(n for n in MODELS.plugin_names() if n not in MODEL_NAMES)
+    return Rule(lambda v: v in names, "one of " + ", ".join(names),
+                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM", choices=names)
+
+
 SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 2**62",
             "torch's generators take a 64-bit seed, offset by the rank")
 
 # Every key of the schema that is not a bool has a rule here or in NOT_RULED (tests enforce it).
 RULES: dict[str, Rule] = {
-    "model.name": Rule(lambda v: v in MODEL_NAMES or v in MODELS.plugin_names(), "one of " + ", ".join(MODEL_NAMES),
-                       "the model; vit_tiny is a small CPU model, vit_t is MobileSAM", choices=MODEL_NAMES),
+    "model.name": _model_name_rule(),
     "data.batch_size": _count(1, "images per step and rank"),
     "data.max_masks": _count(1, "masks per image and step"),
     "data.min_area": _count(0, "masks with fewer pixels are dropped"),

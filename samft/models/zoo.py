@@ -123,7 +123,6 @@ def _register_vit(name: str) -> None:
         name=name, build=partial(build_vit_sam, ARCHS[name]),
         release=ARCHS[name].release or "none (samft's own layout: Sam.state_dict())",
         encoder_blocks=vit_blocks, decay_layer=vit_decay_layer,
-        # HQ-SAM trains only its additions, so adapters on the frozen encoder would be its only change there.
         peft_targets=("image_encoder.blocks.*.attn.qkv",), trainable=HQ_PARAMETERS if hq else (),
     ))
 
