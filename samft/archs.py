@@ -39,25 +39,32 @@ class SamArch:
     stages: tuple[tuple[int, int, int, int], ...] = ()
     release: str = ""  # the released checkpoint file this variant loads (its key layout), for messages and docs
     decoder: str = "sam"  # "hq": HQ-SAM's mask decoder (HQ token + feature fusion) on a frozen SAM
+    upstream: str = ""  # the upstream builder that loads the release layout (what export tells users)
 
 
 _TINY_VIT_5M = ((64, 2, 0, 0), (128, 2, 4, 7), (160, 6, 5, 14), (320, 2, 10, 7))
 
 ARCHS: dict[str, SamArch] = {
-    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), release="sam_vit_b_01ec64.pth"),
-    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), release="sam_vit_l_0b3195.pth"),
-    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), release="sam_vit_h_4b8939.pth"),
+    "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), upstream="segment_anything.sam_model_registry['vit_b']",
+                     release="sam_vit_b_01ec64.pth"),
+    "vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), upstream="segment_anything.sam_model_registry['vit_l']",
+                     release="sam_vit_l_0b3195.pth"),
+    "vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), upstream="segment_anything.sam_model_registry['vit_h']",
+                     release="sam_vit_h_4b8939.pth"),
     # ~0.56M parameters: trains on a CPU in minutes; same modules, same forward path.
     "vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256,
                         decoder_heads=4, fixed_image_size=None, native_image_size=128),
     # MobileSAM: TinyViT-5M image encoder (convolutional stem, windowed attention, no position
     # embedding, so any input side that is a multiple of 16 runs) + SAM's prompt encoder and decoder.
     "vit_t": SamArch(320, 12, 10, (), fixed_image_size=None, encoder="tiny_vit", stages=_TINY_VIT_5M,
-                     release="mobile_sam.pt"),
+                     release="mobile_sam.pt", upstream="mobile_sam.sam_model_registry['vit_t']"),
     # HQ-SAM: SAM's ViT + HQ-SAM's mask decoder; only the HQ additions train.
-    "hq_vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), decoder="hq", release="sam_hq_vit_b.pth"),
-    "hq_vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), decoder="hq", release="sam_hq_vit_l.pth"),
-    "hq_vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), decoder="hq", release="sam_hq_vit_h.pth"),
+    "hq_vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), decoder="hq", release="sam_hq_vit_b.pth",
+                        upstream="sam-hq's segment_anything.sam_model_registry['vit_b']"),
+    "hq_vit_l": SamArch(1024, 24, 16, (5, 11, 17, 23), decoder="hq", release="sam_hq_vit_l.pth",
+                        upstream="sam-hq's segment_anything.sam_model_registry['vit_l']"),
+    "hq_vit_h": SamArch(1280, 32, 16, (7, 15, 23, 31), decoder="hq", release="sam_hq_vit_h.pth",
+                        upstream="sam-hq's segment_anything.sam_model_registry['vit_h']"),
     "hq_vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                            fixed_image_size=None, native_image_size=128, decoder="hq"),
 }

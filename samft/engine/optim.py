@@ -19,7 +19,8 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr
     With ``layer_decay < 1`` the image encoder's lr falls geometrically from the neck to the patch
     embedding (SAM: 0.6 for ViT-B, 0.8 for ViT-L/H; SAM 2 fine-tuning: 0.9): a parameter at depth
     ``i`` (0 = patch/position embedding, ``L + 1`` = neck, ``L`` blocks) gets
-    ``encoder_lr * layer_decay ** (L + 1 - i)``.
+    ``encoder_lr * layer_decay ** (L + 1 - i)``; the model's registry entry (``decay_layer``) says each
+    parameter's depth (MobileSAM's TinyViT counts blocks over all its stages).
 
     Returns:
         Non-empty groups with keys ``params``, ``lr``, ``weight_decay`` and ``name`` (for logging).
