@@ -9,6 +9,7 @@ Every built-in is a :class:`segment_anything.modeling.Sam`; the entries are in :
 from __future__ import annotations
 
 import fnmatch
+import types
 
 import torch
 import torch.utils.checkpoint
@@ -83,8 +84,13 @@ def _keep_eval(module: nn.Module, frozen: bool) -> None:
     """Make ``module.train(True)`` (called by its parent's ``train``) leave a frozen module in eval mode."""
     module.__dict__.pop("train", None)
     if frozen:
-        module.train = lambda mode=True, _m=module: nn.Module.train(_m, False)
+        # A bound method, not a closure: copy.deepcopy rebinds it to the copy.
+        module.train = types.MethodType(_train_frozen, module)
         module.eval()
+
+
+def _train_frozen(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
 
 
 def checkpoint_activations(model: Sam) -> None:

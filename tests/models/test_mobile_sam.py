@@ -226,3 +226,17 @@ def test_onnx_export_of_encoder_and_decoder_runs_in_onnxruntime(tmp_path):
     assert check_encoder_onnx(model, export_encoder_onnx(model, tmp_path / "encoder.onnx")) < 1e-4
     diffs = check_decoder_onnx(model, export_decoder_onnx(model, tmp_path / "decoder.onnx"))
     assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_a_copy_of_a_frozen_model_keeps_its_own_eval_mode():
+    import copy
+
+    model = build_model("vit_t", 64)
+    freeze(model, image_encoder=True)
+    twin = copy.deepcopy(model)
+    twin.train()
+    assert not twin.image_encoder.training and twin.mask_decoder.training
+    freeze(twin)  # unfreezing the copy leaves the original frozen
+    twin.train()
+    model.train()
+    assert twin.image_encoder.training and not model.image_encoder.training
