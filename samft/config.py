@@ -30,7 +30,17 @@ from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationE
 from samft.archs import ARCHS, PATCH_SIZE
 from samft.checks import OptionError
 from samft.errors import UserError
-from samft.registry import LOSSES, PEFT, SCHEDULES, WEIGHTINGS, Registry, RegistryError, check_options, did_you_mean
+from samft.registry import (
+    LOSSES,
+    MODELS,
+    PEFT,
+    SCHEDULES,
+    WEIGHTINGS,
+    Registry,
+    RegistryError,
+    check_options,
+    did_you_mean,
+)
 
 
 class ConfigError(UserError, ValueError):
@@ -366,7 +376,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # folder. Paths are left to the code that opens them; plugin specs are checked by _check_plugins.
 # The consumers keep these choices too (tests/test_config_values.py checks that both agree).
 
-MODEL_NAMES = tuple(ARCHS)
+MODEL_NAMES = tuple(ARCHS)  # built-in models (samft.registry.MODELS); plugin models are added at check time
 ATTENTIONS = ("sdpa", "eager")  # samft.models.attention
 ON_ERROR = ("skip", "raise")  # samft.data.errors
 PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
@@ -452,12 +462,19 @@ def _grid(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(_in(0.0, 1.0)(t) for t in v)
 
 
+def _model_name_rule() -> Rule:
+    """Built-in models and those plugins add (entry points of ``samft.models``, listed without importing)."""
+    names = MODEL_NAMES + tuple(n for n in MODELS.plugin_names() if n not in MODEL_NAMES)
+    return Rule(lambda v: v in names, "one of " + ", ".join(names),
+                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM", choices=names)
+
+
 SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 2**62",
             "torch's generators take a 64-bit seed, offset by the rank")
 
 # Every key of the schema that is not a bool has a rule here or in NOT_RULED (tests enforce it).
 RULES: dict[str, Rule] = {
-    "model.name": _choice(MODEL_NAMES, "the SAM variant; vit_tiny is a small CPU model"),
+    "model.name": _model_name_rule(),
     "model.attention": _choice(ATTENTIONS, "the image encoder's attention; sdpa is exact and stores no "
                                "[N, N] attention matrix, eager is segment_anything's own"),
     "data.batch_size": _count(1, "images per step and rank"),
@@ -560,11 +577,11 @@ def _check_values(values: Mapping[str, Any]) -> None:
 def _check_relations(values: Mapping[str, Any]) -> None:
     """Values that are only wrong together with others."""
     m, d, t = values["model"], values["data"], values["train"]
-    size, arch = m["image_size"], ARCHS[m["name"]]
+    size, arch = m["image_size"], ARCHS.get(m["name"])  # a plugin model checks its own size when it is built
     if not _is_int(size) or size < PATCH_SIZE or size % PATCH_SIZE:
         raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {PATCH_SIZE} "
-                          f"(the input side after resize and pad; e.g. {arch.fixed_image_size or 256}).")
-    if arch.fixed_image_size is not None and size != arch.fixed_image_size:
+                          f"(the input side after resize and pad; e.g. {(arch and arch.fixed_image_size) or 256}).")
+    if arch is not None and arch.fixed_image_size is not None and size != arch.fixed_image_size:
         raise ConfigError(
             f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
             f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")

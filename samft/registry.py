@@ -96,6 +96,10 @@ class Registry:
         self._load_builtins()
         return sorted(set(self._entries) | set(self._entry_points()))
 
+    def plugin_names(self) -> list[str]:
+        """Sorted entry-point names only: nothing is imported, not even the built-ins (for torch-free checks)."""
+        return sorted(ep.name for ep in metadata.entry_points(group=self.group))
+
     def __contains__(self, name: str) -> bool:
         return name in self.names()
 
@@ -271,5 +275,22 @@ PEFT = Registry(
         "options that do not fit the model), ``apply(model)`` (adapt a built SAM in place without renaming\n"
         "any base weight; at step 0 the outputs must equal the base model's exactly) and ``merge(model)``\n"
         "(fold into the base weights, leaving a plain SAM). Subclass samft.models.peft.PeftMethod."
+    ),
+)
+MODELS = Registry(
+    "models",
+    item="model",
+    builtins="samft.models.zoo",
+    contract=(
+        "A model entry (``samft.models.zoo.ModelSpec``) is called as ``spec(image_size)`` and returns an\n"
+        "untrained model in train mode with SAM's interface: submodules ``image_encoder`` (normalised\n"
+        "``[B, 3, S, S]`` -> embedding ``[B, C, S/16, S/16]``), ``prompt_encoder`` and ``mask_decoder``\n"
+        "(segment_anything's, called part by part by ``samft.models.forward``) and buffers\n"
+        "``pixel_mean``/``pixel_std`` (0..255 RGB normalisation). It declares the released checkpoint\n"
+        "layout it loads (``release``), the parts ``model.freeze_*`` may freeze (``parts``), where\n"
+        "layer-wise lr decay applies (``decay_layer``), the blocks activation checkpointing wraps\n"
+        "(``encoder_blocks``) and the Linear modules PEFT adapts (``peft_targets``). Built-in sizes\n"
+        "and input sides are in the torch-free table ``samft.archs.ARCHS`` (what config validation\n"
+        "reads); a plugin model's input side is checked when it is built."
     ),
 )

@@ -33,7 +33,8 @@ def encoder_fingerprint(encoder: nn.Module, image_size: int) -> str:
     digest = hashlib.sha1(f"v{PREPROCESSING_VERSION}:{image_size}".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        # reshape: 0-d buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from samft.models import spec_of
+
 
 def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr: float | None = None,
                  layer_decay: float = 1.0) -> list[dict[str, Any]]:
@@ -17,17 +19,22 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr
     With ``layer_decay < 1`` the image encoder's lr falls geometrically from the neck to the patch
     embedding (SAM: 0.6 for ViT-B, 0.8 for ViT-L/H; SAM 2 fine-tuning: 0.9): a parameter at depth
     ``i`` (0 = patch/position embedding, ``L + 1`` = neck, ``L`` blocks) gets
-    ``encoder_lr * layer_decay ** (L + 1 - i)``.
+    ``encoder_lr * layer_decay ** (L + 1 - i)``; the model's registry entry (``decay_layer``) says each
+    parameter's depth (MobileSAM's TinyViT counts blocks over all its stages).
 
     Returns:
         Non-empty groups with keys ``params``, ``lr``, ``weight_decay`` and ``name`` (for logging).
     """
-    depth = len(getattr(getattr(model, "image_encoder", None), "blocks", []))
+    decay_layer = spec_of(model).decay_layer  # the model's registry entry says where layer decay applies
+    depth = 0
     groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if param.requires_grad:
             decays = param.ndim > 1 and not name.endswith(".bias")
-            groups.setdefault((_encoder_layer(name, depth), decays), []).append(param)
+            layer = -1
+            if name.startswith("image_encoder."):
+                layer, depth = decay_layer(model, name.removeprefix("image_encoder."))
+            groups.setdefault((layer, decays), []).append(param)
     base_encoder_lr = encoder_lr if encoder_lr is not None else lr
     result = []
     for (layer, decays), params in sorted(groups.items()):
@@ -42,16 +49,6 @@ def param_groups(model: nn.Module, *, lr: float, weight_decay: float, encoder_lr
     if not result:
         raise ValueError("The model has no trainable parameters: check the model.freeze_* flags.")
     return _merge_same(result)
-
-
-def _encoder_layer(name: str, depth: int) -> int:
-    """Depth of an image-encoder parameter (see :func:`param_groups`); -1 outside the encoder."""
-    if not name.startswith("image_encoder."):
-        return -1
-    parts = name.split(".")
-    if parts[1] == "blocks":
-        return int(parts[2]) + 1
-    return depth + 1 if parts[1] == "neck" else 0
 
 
 def _merge_same(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:

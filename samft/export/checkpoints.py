@@ -146,7 +146,8 @@ def _arch_of_plain_weights(path: Path, state: dict[str, torch.Tensor]) -> tuple[
         spec = json.loads(sidecar.read_text())
         return spec["name"], int(spec["image_size"])
     name = guess_arch(strip_prefixes(state))
-    if name is None or ARCHS[name].fixed_image_size is None:
+    # A plain state dict does not say its input size: only a released layout implies its native one.
+    if name is None or not ARCHS[name].release:
         raise ExportError(f"{path} is a state dict of no known SAM size and has no {sidecar.name} beside it. "
                           "Pass the samft run folder or checkpoint it came from.")
-    return name, int(ARCHS[name].fixed_image_size)
+    return name, ARCHS[name].native_image_size

@@ -39,6 +39,7 @@ def _export(argv: list[str]) -> int:
         load_model,
         resolve,
     )
+    from samft.models import ARCHS
 
     ckpt = resolve(args.checkpoint)
     model = load_model(args.checkpoint)
@@ -47,10 +48,10 @@ def _export(argv: list[str]) -> int:
         written = export_sam(model, ckpt.name, args.out)
         print(f"Wrote {written[0]}")
         if len(written) > 1:
-            print(f"Wrote {written[1]}: segment_anything's registry builds only vit_b/l/h at 1024 px; build this "
+            print(f"Wrote {written[1]}: no upstream registry builds {ckpt.name} at {ckpt.image_size} px; build this "
                   f"model with samft.export.load_model('{written[0]}')")
         else:
-            print(f"Load it with: segment_anything.sam_model_registry['{ckpt.name}'](checkpoint='{written[0]}')")
+            print(f"Load it with: {ARCHS[ckpt.name].upstream}(checkpoint='{written[0]}')")
         return 0
     single = not args.multimask
     export_decoder_onnx(model, args.out, return_single_mask=single, opset=args.opset)

@@ -1,7 +1,8 @@
 """Write a fine-tuned SAM where SAM's users load models: Meta's ``.pth`` layout and ONNX.
 
 ``sam``: exactly the keys and dtypes of ``Sam.state_dict()`` (what ``sam_model_registry[name]`` loads
-strictly). Models the registry cannot build (``vit_tiny``, other input sizes) get a sidecar JSON with
+strictly; for ``vit_t`` MobileSAM's ``mobile_sam.pt`` layout, which MobileSAM's own ``sam_model_registry
+["vit_t"]`` loads). Models no upstream registry builds (``vit_tiny``, other input sizes) get a sidecar JSON with
 the builder arguments; ``samft.export.load_model(PATH)`` reads both.
 
 ``onnx``: segment_anything's own ``SamOnnxModel`` (prompt encoder + mask decoder, the web demo's inputs
@@ -42,16 +43,22 @@ def export_sam(model: Sam, name: str, out: str | Path) -> list[Path]:
              for k, v in model.state_dict().items()}
     torch.save(state, out)
     image_size = model.image_encoder.img_size
-    if ARCHS[name].fixed_image_size == image_size:
+    if ARCHS[name].release and ARCHS[name].native_image_size == image_size:  # the upstream builder fits it
         return [out]
     sidecar = sidecar_path(out)
     sidecar.write_text(json.dumps({
         "name": name, "image_size": image_size, "builder": "samft.models.build_model",
-        "note": (f"segment_anything's registry builds only vit_b/l/h at 1024 px. Build this model with "
+        "note": (f"segment_anything's registry builds only vit_b/l/h (MobileSAM's vit_t) at 1024 px. Build it with "
                  f"samft.models.build_model({name!r}, {image_size}).load_state_dict(torch.load(weights)) "
                  "or samft.export.load_model(weights)."),
     }, indent=2))
     return [out, sidecar]
+
+
+def embedding_channels(model: Sam) -> int:
+    """Channels of the image encoder's output: SAM's embedding, plus the early ViT feature for HQ-SAM."""
+    hq_fusion = getattr(model.mask_decoder, "compress_vit_feat", None)
+    return model.prompt_encoder.embed_dim + (hq_fusion[0].in_channels if hq_fusion is not None else 0)
 
 
 def decoder_dummy_inputs(model: Sam, num_points: int = 5, seed: int = 0) -> dict[str, torch.Tensor]:
@@ -60,7 +67,7 @@ def decoder_dummy_inputs(model: Sam, num_points: int = 5, seed: int = 0) -> dict
     size = model.image_encoder.img_size
     h, w = model.prompt_encoder.image_embedding_size
     return {
-        "image_embeddings": torch.randn(1, model.prompt_encoder.embed_dim, h, w, generator=g),
+        "image_embeddings": torch.randn(1, embedding_channels(model), h, w, generator=g),
         "point_coords": torch.randint(0, size, (1, num_points, 2), generator=g).float(),
         "point_labels": torch.randint(-1, 4, (1, num_points), generator=g).float(),
         "mask_input": torch.randn(1, 1, 4 * h, 4 * w, generator=g),

@@ -1,6 +1,6 @@
 """SAM models: builders, checkpoint loading, freezing, and the differentiable forward pass."""
 
-from samft.models.build import ARCHS, build_model, checkpoint_activations, freeze
+from samft.models.build import ARCHS, build_model, checkpoint_activations, freeze, spec_of
 from samft.models.checkpoint import CheckpointError, load_weights, read_state_dict
 from samft.models.forward import (
     best_output,
@@ -15,5 +15,5 @@ from samft.models.peft import PeftError, apply_peft, merge_peft, parameter_count
 __all__ = [
     "ARCHS", "CheckpointError", "PeftError", "apply_peft", "best_output", "build_model", "checkpoint_activations",
     "decode_masks", "embed_prompts", "freeze", "load_weights", "merge_peft", "output_candidates", "parameter_counts",
-    "preprocess", "read_state_dict", "trainable_state", "upscale",
+    "preprocess", "read_state_dict", "spec_of", "trainable_state", "upscale",
 ]

@@ -1,43 +1,50 @@
-"""Build SAM models from segment_anything's own modules.
+"""Build the models of the registry ``samft.registry.MODELS`` by name; freeze parts; checkpoint activations.
 
 ``vit_b``, ``vit_l`` and ``vit_h`` are exactly segment_anything's architectures (so Meta's released
 checkpoints load into them); ``vit_tiny`` is a small variant made from the same modules for CPU
-runs, demos and tests. Every model is a :class:`segment_anything.modeling.Sam`.
+runs, demos and tests; ``vit_t`` is MobileSAM (TinyViT encoder, SAM's prompt encoder and decoder).
+Every built-in is a :class:`segment_anything.modeling.Sam`; the entries are in :mod:`samft.models.zoo`.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import fnmatch
+import types
 
 import torch
 import torch.utils.checkpoint
-from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+from segment_anything.modeling import Sam
+from torch import nn
 
-from samft.archs import ARCHS, PATCH_SIZE
+from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
 from samft.models.attention import use_attention
-from samft.registry import did_you_mean
+from samft.registry import MODELS, did_you_mean
 
-PIXEL_MEAN = (123.675, 116.28, 103.53)
-PIXEL_STD = (58.395, 57.12, 57.375)
+__all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "build_model", "checkpoint_activations", "freeze", "spec_of"]
+
+# The registry name a model was built under, stamped on it so the engine can look up its spec.
+_NAME_ATTR = "samft_model_name"
 
 
 def build_model(name: str, image_size: int = 1024, attention: str = "eager") -> Sam:
-    """Build an untrained SAM of the named variant, in train mode.
+    """Build an untrained model of the registry ``MODELS``, in train mode.
 
     Args:
-        name: ``vit_b``, ``vit_l``, ``vit_h`` or ``vit_tiny``.
-        image_size: Square input side (multiple of 16). Fixed at 1024 for the released variants.
+        name: ``vit_b``, ``vit_l``, ``vit_h``, ``vit_tiny``, ``vit_t`` or a plugin's name.
+        image_size: Square input side (multiple of 16). Fixed at 1024 for ``vit_b/l/h``.
         attention: ``eager`` (segment_anything's image-encoder attention) or ``sdpa`` (the same values
             through one fused call that stores no attention matrix, :mod:`samft.models.attention`).
-            Parameters are the same either way.
+            Parameters are the same either way; encoders without segment_anything's ``Attention``
+            (TinyViT) are unaffected.
 
     Returns:
-        A ``Sam`` whose image embedding is ``image_size/16`` and low-res masks ``image_size/4``.
+        A ``Sam``-shaped model whose image embedding is ``image_size/16`` and low-res masks ``image_size/4``.
     """
-    if name not in ARCHS:
-        raise ValueError(f"Unknown model {name!r}.{did_you_mean(name, list(ARCHS))} Known: {', '.join(ARCHS)}.")
-    arch = ARCHS[name]
-    if arch.fixed_image_size is not None and image_size != arch.fixed_image_size:
+    if name not in MODELS.names():
+        raise ValueError(f"Unknown model {name!r}.{did_you_mean(name, MODELS.names())} "
+                         f"Known: {', '.join(MODELS.names())}.")
+    arch = ARCHS.get(name)
+    if arch is not None and arch.fixed_image_size is not None and image_size != arch.fixed_image_size:
         raise ValueError(
             f"model.image_size={image_size} does not fit {name}: its positional embeddings and released "
             f"checkpoints are for {arch.fixed_image_size}. Use model.image_size={arch.fixed_image_size} "
@@ -45,42 +52,53 @@ def build_model(name: str, image_size: int = 1024, attention: str = "eager") -> 
         )
     if image_size % PATCH_SIZE:
         raise ValueError(f"model.image_size={image_size} must be a multiple of {PATCH_SIZE}.")
-    embed_side = image_size // PATCH_SIZE
-    model = Sam(
-        image_encoder=ImageEncoderViT(
-            img_size=image_size, patch_size=PATCH_SIZE, embed_dim=arch.embed_dim, depth=arch.depth,
-            num_heads=arch.num_heads, mlp_ratio=4, out_chans=arch.prompt_dim, qkv_bias=True,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), use_rel_pos=True,
-            global_attn_indexes=arch.global_attn_indexes, window_size=arch.window_size,
-        ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=arch.prompt_dim, image_embedding_size=(embed_side, embed_side),
-            input_image_size=(image_size, image_size), mask_in_chans=16,
-        ),
-        mask_decoder=MaskDecoder(
-            num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=2, embedding_dim=arch.prompt_dim,
-                                          mlp_dim=arch.decoder_mlp_dim, num_heads=arch.decoder_heads),
-            transformer_dim=arch.prompt_dim, iou_head_depth=3, iou_head_hidden_dim=arch.prompt_dim,
-        ),
-        pixel_mean=list(PIXEL_MEAN),
-        pixel_std=list(PIXEL_STD),
-    )
+    model = MODELS.get(name)(image_size)
+    setattr(model, _NAME_ATTR, name)
     return use_attention(model, attention).train()
+
+
+def spec_of(model: nn.Module):
+    """The registry entry (``samft.models.zoo.ModelSpec``) ``model`` was built from; ``vit_b``'s for a
+    SAM that ``build_model`` did not build (e.g. segment_anything's own): its rules fit every ViT SAM."""
+    return MODELS.get(getattr(model, _NAME_ATTR, "vit_b"))
 
 
 def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,
            mask_decoder: bool = False, adapters: bool = False) -> None:
-    """Turn off gradients of the chosen parts.
+    """Turn off gradients of the chosen parts; frozen parts also stay in eval mode in training.
+
+    Eval mode matters for encoders with BatchNorm (MobileSAM's TinyViT): in train mode its running
+    statistics would move with every batch, so a "frozen" encoder would change its embeddings.
 
     Args:
-        adapters: A PEFT method will add trainable parameters, so all three parts may be frozen."""
+        adapters: A PEFT method will add trainable parameters, so all three parts may be frozen.
+    """
     for part, frozen in (("image_encoder", image_encoder), ("prompt_encoder", prompt_encoder),
                          ("mask_decoder", mask_decoder)):
-        for param in getattr(model, part).parameters():
+        module = getattr(model, part)
+        for param in module.parameters():
             param.requires_grad_(not frozen)
-    if image_encoder and prompt_encoder and mask_decoder and not adapters:
+        _keep_eval(module, frozen)
+    only = spec_of(model).trainable  # e.g. HQ-SAM: only its additions ever train
+    if only:
+        for name, param in model.named_parameters():
+            if not any(fnmatch.fnmatchcase(name, pattern) for pattern in only):
+                param.requires_grad_(False)
+    if not adapters and not any(p.requires_grad for p in model.parameters()):
         raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")
+
+
+def _keep_eval(module: nn.Module, frozen: bool) -> None:
+    """Make ``module.train(True)`` (called by its parent's ``train``) leave a frozen module in eval mode."""
+    module.__dict__.pop("train", None)
+    if frozen:
+        # A bound method, not a closure: copy.deepcopy rebinds it to the copy.
+        module.train = types.MethodType(_train_frozen, module)
+        module.eval()
+
+
+def _train_frozen(self: nn.Module, mode: bool = True) -> nn.Module:
+    return nn.Module.train(self, False)
 
 
 def checkpoint_activations(model: Sam) -> None:
@@ -89,7 +107,7 @@ def checkpoint_activations(model: Sam) -> None:
     Trades one extra encoder forward for the memory of every block's activations: what makes ViT-H
     at 1024 px and 64 masks fit on smaller GPUs. Gradients are unchanged (non-reentrant checkpoint).
     """
-    for block in model.image_encoder.blocks:
+    for block in spec_of(model).encoder_blocks(model):
         if getattr(block, "_samft_checkpointed", False):
             continue
         plain_forward = block.forward

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 from typing import Any
 
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 
 from samft.errors import UserError
-from samft.models.build import ARCHS, PATCH_SIZE
+from samft.models.build import ARCHS, PATCH_SIZE, spec_of
 from samft.safe_load import load_failure_reason
 
-_EMBED_KEY = "image_encoder.patch_embed.proj.weight"
+_EMBED_KEY = "image_encoder.patch_embed.proj.weight"  # SAM's ViT patch embedding [C, 3, 16, 16]
+_TINY_VIT_STEM_KEY = "image_encoder.patch_embed.seq.0.c.weight"  # MobileSAM's TinyViT stem conv
+_HQ_TOKEN_KEY = "mask_decoder.hf_token.weight"  # HQ-SAM's output token
 
 
 class CheckpointError(UserError, ValueError):
@@ -55,6 +58,11 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str = "", obj: 
     """
     state = read_state_dict(path, obj)
     own = model.state_dict()
+    # A model that adds parameters to a released one (HQ-SAM on SAM) starts from the released weights
+    # with its additions at their initialisation, as its own training does.
+    added = [k for k in set(own) - set(state) if _is_addition(model, k)]
+    if added and len(added) < len(own):
+        state = {**state, **{k: own[k] for k in added}}
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     misshaped = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -63,12 +71,21 @@ def load_weights(model: nn.Module, path: str | Path, model_name: str = "", obj: 
     model.load_state_dict(state)
 
 
+def _is_addition(model: nn.Module, key: str) -> bool:
+    """Whether ``key`` is one of the parameters the model's registry entry adds and trains alone."""
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in spec_of(model).trainable)
+
+
 def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
     """Name of the SAM variant whose image-encoder width matches the checkpoint, if any."""
+    if _TINY_VIT_STEM_KEY in state:
+        return "vit_t"
     weight = state.get(_EMBED_KEY)
     if weight is None:
         return None
-    names = [name for name, arch in ARCHS.items() if arch.embed_dim == weight.shape[0]]
+    decoder = "hq" if _HQ_TOKEN_KEY in state else "sam"
+    names = [name for name, arch in ARCHS.items()
+             if arch.encoder == "vit" and arch.decoder == decoder and arch.embed_dim == weight.shape[0]]
     return names[0] if names else None
 
 

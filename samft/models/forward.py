@@ -84,8 +84,12 @@ def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.
         return empty, empty
     # Each prompt gathers its image's embedding by index: no per-image loop, whose image list
     # (unique / nonzero) the host would have to read back from the device.
-    return _predict_masks(model.mask_decoder, image_embeddings[image_index], model.prompt_encoder.get_dense_pe(),
-                          sparse, dense)
+    # A decoder with its own batched path (HQ-SAM's) declares it; SAM's decoder takes the one below.
+    decoder = model.mask_decoder
+    predict = getattr(decoder, "predict_per_prompt", None)
+    if predict is not None:
+        return predict(image_embeddings, image_index, model.prompt_encoder.get_dense_pe(), sparse, dense)
+    return _predict_masks(decoder, image_embeddings[image_index], model.prompt_encoder.get_dense_pe(), sparse, dense)
 
 
 def _predict_masks(decoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,
