@@ -88,6 +88,10 @@ def model_from_config(cfg: DictConfig, root: Path) -> torch.nn.Module:
         raise CheckpointError(f"Checkpoint {path} is a PEFT checkpoint (model.peft={saved['method']}) holding only "
                               "trained tensors: set the same model.peft (or evaluate with the run's own config.yaml).")
     base_path = path if saved is None else (Path(saved["base"]["path"]) if saved["base"]["path"] else None)
+    if saved is not None and base_path is not None and not base_path.is_file():
+        raise CheckpointError(f"Checkpoint {path} adapts the base weights {base_path} (sha256 "
+                              f"{str(saved['base']['sha256'])[:12]}), which do not exist: put that file back at "
+                              "that path (a PEFT checkpoint holds only the trained tensors).")
     model = _base_model(cfg, random_from_seed=bool(m.peft) and base_path is None)
     if base_path is not None:
         load_weights(model, base_path, m.name, obj=obj if saved is None else None)

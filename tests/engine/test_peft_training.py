@@ -82,6 +82,10 @@ def test_checkpoint_holds_only_trained_tensors_and_the_base_identity(demo_data, 
         Trainer(tiny_config(demo_data, tmp_path, "train.steps=3", LORA, f"model.checkpoint={base}",
                             "model.freeze_mask_decoder=true", "model.freeze_prompt_encoder=true",
                             f"train.run_name={result.run_dir.name}", "train.resume=auto")).fit()
+    base.rename(tmp_path / "moved.pth")
+    with pytest.raises(CheckpointError, match=r"adapts the base weights .*base\.pth \(sha256 [0-9a-f]{12}\), which "
+                                              "do not exist: put that file back"):
+        model_from_config(cfg, tmp_path)
     cfg.model.peft = None
     with pytest.raises(CheckpointError, match="is a PEFT checkpoint"):
         model_from_config(cfg, tmp_path)
