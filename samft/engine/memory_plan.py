@@ -327,23 +327,27 @@ def plan(path: str | Path, overrides: list[str], budget: int, device: str = "cud
 
     Each change is first validated alone like a training config, so changes the config does not accept
     (``model.peft`` when no PEFT is available, fp16 on a CPU) are skipped and listed; then combinations
-    are tried cheapest first, until ``top`` fit and costlier ones remain. A combination whose part fits
-    already is not listed.
+    are tried cheapest first, until ``top`` fit and costlier ones remain. Only minimal combinations are
+    listed: none whose every change is the same as, or milder than, those of one that fits already
+    (``data.max_masks=16`` is not listed when ``data.max_masks=32`` fits).
     """
     cfg = load(path, overrides)
     knobs = _knobs(cfg, device)
     refused = [o for options in knobs for o, _ in options if o and _refused_alone(path, overrides, o)]
     knobs = [[(o, c) for o, c in options if o not in refused] for options in knobs]
-    # Cheapest first; of equal cost, fewer changes first, so that a fitting set is found before its supersets.
-    combos = sorted(_product(knobs), key=lambda combo: (sum(c for _, c in combo), sum(1 for o, _ in combo if o)))
+    # A combination is one option index per knob (0: unchanged; higher: a stronger change). Cheapest
+    # first; of equal cost, fewer changes first, so that a fitting set is found before those it dominates.
+    combos = sorted(_product([list(range(len(options))) for options in knobs]),
+                    key=lambda combo: (sum(knobs[k][i][1] for k, i in enumerate(combo)), sum(map(bool, combo))))
     fitting: list[Candidate] = []
+    fitting_combos: list[list[int]] = []
     for combo in combos:
-        cost = sum(c for _, c in combo)
+        cost = sum(knobs[k][i][1] for k, i in enumerate(combo))
         if len(fitting) >= top and cost > fitting[top - 1].cost:
             break
-        changes = tuple(o for o, _ in combo if o)
-        if any(set(f.overrides) <= set(changes) for f in fitting):
-            continue  # a part of these changes fits already: the rest is not needed
+        if any(all(a <= b for a, b in zip(f, combo, strict=True)) for f in fitting_combos):
+            continue  # milder changes fit already: these are not needed
+        changes = tuple(knobs[k][i][0] for k, i in enumerate(combo) if i)
         try:
             candidate_cfg = load(path, [*overrides, *changes])
         except ConfigError:  # a combination the config refuses although each change alone is fine
@@ -351,6 +355,7 @@ def plan(path: str | Path, overrides: list[str], budget: int, device: str = "cud
         est = estimate(candidate_cfg, device)
         if est.peak <= budget:
             fitting.append(Candidate(changes, cost, est))
+            fitting_combos.append(combo)
     fitting.sort(key=lambda c: (c.cost, c.estimate.peak))
     return Plan(cfg, estimate(cfg, device), fitting[:top], refused)
 

@@ -70,9 +70,10 @@ def rel_pos_channels(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
     dtype = rel_h.dtype  # under autocast the einsum's dtype; q and k may differ from it
     width = -(-(c + h + w) // _ALIGN) * _ALIGN
     pad = width - (c + h + w)
-    token = torch.arange(n, device=q.device)
-    row = F.one_hot(token // w, h).to(dtype)  # [N, H]: key l's row
-    col = F.one_hot(token % w, w).to(dtype)
+    token = torch.arange(n, device=q.device).unsqueeze(1)
+    # One-hot by comparison (F.one_hot reads its input's range back to the host on CPUs).
+    row = (token // w == torch.arange(h, device=q.device)).to(dtype)  # [N, H]: each key's row
+    col = (token % w == torch.arange(w, device=q.device)).to(dtype)
     key_pos = torch.cat([row, col, row.new_zeros(n, pad)], dim=1).expand(b, heads, n, h + w + pad)
     q2 = torch.cat([(q * scale).to(dtype), rel_h, rel_w, rel_h.new_zeros(b, heads, n, pad)], dim=-1)
     k2 = torch.cat([k.to(dtype), key_pos], dim=-1)
