@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from pycocotools import mask as mask_utils
+from scipy import ndimage
 from torch.utils.data import Dataset
 
 from samft.data.distance_maps import DistanceMapCache, fast_signed_distance_maps
@@ -143,11 +144,14 @@ class LabelMasks:
         return LabelMasks(self.labels, self.ids[np.asarray(rows, np.int64)])
 
     def boxes(self) -> np.ndarray:
+        """``[K, 4]`` float boxes ``(x, y, w, h)`` of the ids (zeros for an id not in the image), in one pass."""
         out = np.zeros((len(self.ids), 4))
+        slices = ndimage.find_objects(self.labels) if len(self.ids) else []
         for k, i in enumerate(self.ids):
-            ys, xs = np.nonzero(self.labels == i)
-            if xs.size:
-                out[k] = (xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
+            found = slices[int(i) - 1] if 0 < int(i) <= len(slices) else None
+            if found is not None:
+                ys, xs = found
+                out[k] = (xs.start, ys.start, xs.stop - xs.start, ys.stop - ys.start)
         return out
 
     def decode(self, hw: tuple[int, int], window: Window | None = None) -> np.ndarray:
@@ -416,8 +420,9 @@ class MaskDataset(Dataset):
             frame = _Frame(None, resized_shape(rec["height"], rec["width"], self.image_size), rows=chosen)
         else:
             loaded = self._load(index, eligible)
-            window = self._random_crop(rng, rec, side, loaded.masks.boxes())
-            inside = np.flatnonzero(_intersects(loaded.masks.boxes(), window))
+            boxes = loaded.masks.boxes()
+            window = self._random_crop(rng, rec, side, boxes)
+            inside = np.flatnonzero(_intersects(boxes, window))
             if inside.size == 0:
                 exc = BadFile(loaded.where, "no mask inside the random crop")
                 exc.always_skip = True  # a random placement, not a file problem

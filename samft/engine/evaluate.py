@@ -84,13 +84,20 @@ class DiskBaseline:
         return {"baseline_miou_point": float(iou.mean()), "baseline_point_radius": float(radius)}
 
 
+SUMMED_METRICS = frozenset({"num_masks"})  # counts add up over datasets; scores are averaged
+
+
 def mean_metrics(per_dataset: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each metric's mean over the datasets that report it (one dataset: its metrics as they are)."""
+    """Each score's mean over the datasets that report it (each dataset weighs the same, whatever its size),
+    counts summed; one dataset: its metrics as they are."""
     if len(per_dataset) == 1:
         return dict(next(iter(per_dataset.values())))
     keys = {k for m in per_dataset.values() for k in m}
-    return {k: sum(m[k] for m in per_dataset.values() if k in m) / sum(k in m for m in per_dataset.values())
-            for k in sorted(keys)}
+    out = {}
+    for k in sorted(keys):
+        values = [m[k] for m in per_dataset.values() if k in m]
+        out[k] = sum(values) if k in SUMMED_METRICS else sum(values) / len(values)
+    return out
 
 
 @dataclass

@@ -447,3 +447,30 @@ def test_empty_json_member_is_skipped_naming_it(sa1b_folder, tmp_path):
     ds = SA1BTarDataset(make_tar(root, tmp_path / "t.tar"), image_size=64)
     reason = ds[1]["skipped"]["reason"]
     assert reason.startswith("malformed SA-1B json (KeyError") and ds[1]["skipped"]["file"].endswith("t.tar:b.json")
+
+
+def test_label_mask_boxes_match_the_pixels():
+    from samft.data.base import LabelMasks
+
+    labels = np.zeros((20, 30), np.int32)
+    labels[2:5, 3:9] = 4
+    labels[10:20, 0:2] = 1
+    boxes = LabelMasks(labels, np.array([4, 1, 7])).boxes()
+    np.testing.assert_array_equal(boxes, [[3, 2, 6, 3], [0, 10, 2, 10], [0, 0, 0, 0]])
+
+
+def test_label_image_crops_cut_the_instances_exactly(tmp_path):
+    images, labels = tmp_path / "img", tmp_path / "lbl"
+    _photo(images, "big.png", 300, 500)
+    lab = np.zeros((300, 500), np.uint16)
+    lab[10:60, 20:90] = 3
+    lab[200:290, 380:470] = 9
+    labels.mkdir()
+    Image.fromarray(lab).save(labels / "big.png")
+    ds = LabelImageDataset(images, labels, image_size=128, crop={"multiple": 1.0, "mask_prob": 1.0})
+    for epoch in range(4):
+        ds.set_epoch(epoch)
+        item = ds[0]
+        x0, y0, w, h = item["meta"]["crop"]
+        for ann_id, mask in zip(item["meta"]["annotation_ids"], item["masks"]):
+            np.testing.assert_array_equal(mask.numpy(), lab[y0:y0 + 128, x0:x0 + 128] == ann_id)

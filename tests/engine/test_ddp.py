@@ -154,3 +154,22 @@ def test_lora_under_two_ranks_with_a_small_checkpoint(demo_data, tmp_path):
     state = torch.load(Path(r0["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)
     assert all(".lora." in k or k.startswith("mask_decoder.") for k in state["model"])
     assert any(".lora.b.q" in k for k in state["model"]) and state["peft"]["base"]["path"] is None
+@pytest.mark.slow  # three 2-rank launches: ~90 s on 2 busy cores
+def test_mixture_resumes_exactly_under_two_ranks(demo_data, tmp_path):
+    """A weighted mixture (the SA-1B folder + tar shards of the val images): 2 + 2 == 4 steps on both ranks
+    (each rank draws its shard of the mixture's epoch; workers are covered in tests/data/test_readers.py)."""
+    import tarfile
+
+    tar = tmp_path / "sa_000000.tar"
+    with tarfile.open(tar, "w") as tf:
+        for p in sorted((demo_data / "val").iterdir()):
+            if not p.name.startswith("."):
+                tf.add(p, arcname=p.name)
+    common = [f"data.train=[{{name: sa1b, root: {demo_data}/train, weight: 2}}, "
+              f"{{name: sa1b_tar, tars: {tar}, weight: 1}}]", "data.val=null"]
+    straight, straight1, _ = torchrun(demo_data, tmp_path / "straight", "none", "train.steps=4", *common)
+    torchrun(demo_data, tmp_path / "split", "none", "train.steps=2", *common)
+    r0, r1, _ = torchrun(demo_data, tmp_path / "split", "none", "train.steps=4", *common, "train.resume=auto")
+    assert r0["step"] == r1["step"] == 4
+    assert_same(r0["model"], straight["model"])
+    assert_same(r1["model"], straight1["model"])

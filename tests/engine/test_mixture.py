@@ -60,3 +60,4 @@ def test_validation_on_several_datasets_logs_each_and_the_mean(demo_data, tmp_pa
     # the same images through both readers: equal metrics, and the mean equals them
     assert metrics["val/folder/miou_point"] == metrics["val/shards/miou_point"] == metrics["val/miou_point"]
     assert metrics["val/miou_box"] == (metrics["val/folder/miou_box"] + metrics["val/shards/miou_box"]) / 2
+    assert metrics["val/num_masks"] == metrics["val/folder/num_masks"] + metrics["val/shards/num_masks"]
