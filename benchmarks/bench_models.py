@@ -120,16 +120,18 @@ def main() -> None:
         return
     names = [n for n in args.models.split(",") if n] or list(QUICK if args.quick else FULL)
     print(f"one training step per model: {args.threads} thread(s) (pinned), {args.masks} box-prompted masks, "
-          f"1 image, no correction rounds, {args.reps} timed steps after 1 warm-up (median)")
-    rows = [run(name, args) for name in names]
-    base = rows[0]
-    print(f"| model | input | parameters | trained | step s (median) | vs {base['name']} | "
-          f"peak MiB of a step | vs {base['name']} |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for r in rows:
+          f"1 image, no correction rounds, {args.reps} timed steps after 1 warm-up (median)", flush=True)
+    base = None
+    for name in names:  # one row as soon as each model is measured (a full run takes long on a busy CPU)
+        r = run(name, args)
+        if base is None:
+            base = r
+            print(f"| model | input | parameters | trained | step s (median) | vs {base['name']} | "
+                  f"peak MiB of a step | vs {base['name']} |")
+            print("|---|---:|---:|---:|---:|---:|---:|---:|")
         print(f"| {r['name']} | {r['size']} | {r['params'] / 1e6:.2f}M | {r['trained'] / 1e6:.2f}M | "
               f"{r['median_s']:.3f} | {r['median_s'] / base['median_s']:.2f}x | {r['peak_mib']:.0f} | "
-              f"{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |")
+              f"{r['peak_mib'] / max(base['peak_mib'], 1e-9):.2f}x |", flush=True)
 
 
 if __name__ == "__main__":
