@@ -779,8 +779,14 @@ def _check_peft(model: Mapping[str, Any]) -> None:
     _check_spec(spec, PEFT, "model.peft")
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     method = PEFT.build(options)
+    arch = ARCHS.get(model["name"])  # None: a plugin model, checked when it is built
+    if arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts:
+        raise ConfigError(f"model.peft={shown(spec)}: {model['name']}'s image encoder ({arch.encoder}) has no "
+                          "ViT blocks to adapt; adapt only the decoder (model.peft={name: lora, targets: "
+                          "[decoder]}) or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")
     try:
-        method.check(ARCHS[model["name"]].depth)
+        if arch is not None:
+            method.check(arch.depth)
     except ValueError as exc:
         raise ConfigError(f"model.peft ({model['name']}): {exc}.") from None
     if model["embedding_cache"] and "image_encoder" in method.adapts:

@@ -36,6 +36,8 @@ BAD = [
     ("model.peft={name: lora, rank: 0}", "model.peft.rank=0: ", "rank must be a whole number >= 1"),
     ("model.peft={name: lora, targets: [q, x]}", "model.peft.targets=[q, x]: ", "use a list of q, k, v, qkv"),
     ("model.peft={name: lora, blocks: [2]}", "model.peft (vit_tiny): ", "the image encoder has 2 blocks (0-1)"),
+    (("model.name=vit_t", "model.image_size=256", "model.peft=lora"), "model.peft=lora: ",
+     "vit_t's image encoder (tiny_vit) has no ViT blocks"),
     ("model.peft={name: adaptformer, scale: 0}", "model.peft.scale=0: ", "scale must be a number > 0"),
     ("model.peft={name: bias, parts: [neck]}", "model.peft.parts=[neck]: ", "use a list of image_encoder"),
     (("model.peft={name: lora}", "model.embedding_cache=cache", "model.freeze_image_encoder=true"),
@@ -173,6 +175,7 @@ GOOD = [
     "weighting={name: fixed, weights: {name: linear, start: 0, end: 1, total_steps: 5}}",  # one schedule, every term
     "model.peft={name: lora, rank: 8, alpha: 16, dropout: 0.1, targets: [q, v, proj, mlp, decoder], blocks: [0, 1]}",
     ("model.peft={name: lora, targets: [decoder]}", "model.embedding_cache=cache", "model.freeze_image_encoder=true"),
+    ("model.name=vit_t", "model.image_size=256", "model.peft={name: lora, targets: [decoder]}"),
     "model.peft={name: ssf}", "model.peft=lora", "model.peft={name: norm, parts: [image_encoder, mask_decoder]}",
     ("model.peft={name: attention}", "model.freeze_image_encoder=true", "model.freeze_prompt_encoder=true",
      "model.freeze_mask_decoder=true"),

@@ -172,7 +172,12 @@ class PeftMethod:
 
     def apply(self, model: nn.Module) -> None:
         """Adapt ``model`` in place: freeze the adapted parts' base weights, add the method's parameters."""
-        self.check(len(model.image_encoder.blocks))
+        if "image_encoder" in self.adapts:
+            blocks = getattr(model.image_encoder, "blocks", None)
+            if blocks is None:
+                raise PeftError(f"{type(model.image_encoder).__name__} has no ViT blocks to adapt: adapt only the "
+                                "decoder (model.peft={name: lora, targets: [decoder]}).")
+            self.check(len(blocks))
         for part in self.adapts:
             getattr(model, part).requires_grad_(False)
         self._apply(model)
@@ -442,7 +447,8 @@ def weights_sha256(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 

@@ -18,7 +18,7 @@ from samft.models import (
     parameter_counts,
     trainable_state,
 )
-from samft.models.peft import weights_sha256
+from samft.models.peft import base_identity, weights_sha256
 from samft.registry import PEFT
 
 SPECS = {
@@ -249,3 +249,16 @@ def test_the_lora_preset_trains_what_the_readme_says_on_vit_b():
     trained = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
     assert trained == {"image_encoder", "mask_decoder"}
     assert all(".lora." in n for n, p in model.image_encoder.named_parameters() if p.requires_grad)
+
+
+def test_base_identity_of_an_encoder_with_batchnorm_counters():
+    """MobileSAM's TinyViT keeps 0-d integer BatchNorm counters: they hash like any other tensor."""
+
+    state = {"bn.num_batches_tracked": torch.tensor(3), "w": torch.ones(2)}
+    changed = {"bn.num_batches_tracked": torch.tensor(4), "w": torch.ones(2)}
+    assert weights_sha256(state) != weights_sha256(changed)
+    model = build_model("vit_t", 256)
+    apply_peft(model, {"name": "lora", "rank": 2, "targets": ["decoder"]})
+    assert len(base_identity(model, None, 0)["sha256"]) == 64
+    with pytest.raises(PeftError, match="TinyViT has no ViT blocks to adapt"):
+        apply_peft(build_model("vit_t", 256), {"name": "lora"})
