@@ -43,7 +43,7 @@ from segment_anything.modeling.image_encoder import Attention
 
 from samft.config import ConfigError, load, shown
 from samft.engine.build import model_from_config
-from samft.models import decode_masks, freeze
+from samft.models import decode_masks
 
 GiB = 2**30
 OUTSIDE = -1  # saved outside the encoder's blocks
@@ -128,11 +128,7 @@ def _precision(cfg: DictConfig, device: str) -> str:
 def _meta_model(cfg: DictConfig) -> torch.nn.Module:
     plain = OmegaConf.merge(cfg, {"model": {"checkpoint": None}})  # the weights' values do not matter here
     with torch.device("meta"):
-        model = model_from_config(plain, Path("."))
-    m = cfg.model
-    freeze(model, image_encoder=m.freeze_image_encoder, prompt_encoder=m.freeze_prompt_encoder,
-           mask_decoder=m.freeze_mask_decoder)
-    return model
+        return model_from_config(plain, Path("."))  # frozen parts and PEFT applied as in training
 
 
 @contextlib.contextmanager

@@ -124,3 +124,16 @@ def test_tool_prints_the_breakdown_and_the_cheapest_fitting_settings(capsys):
     rows = [line.split("|")[2].split() for line in out.splitlines() if line.startswith("| 1 |") or
             line.startswith("| 2 |") or line.startswith("| 3 |")]
     assert rows and all(not set(a) < set(b) for a in rows for b in rows)  # no listed set contains another
+
+
+def test_estimate_counts_what_peft_trains(demo_data, tmp_path):
+    """The planner builds the model as training does: LoRA's frozen base weights get no gradient or
+    optimiser state in the estimate."""
+    from samft.engine.build import model_from_config
+    from samft.models import parameter_counts
+
+    cfg = _config(demo_data, tmp_path, "model.peft={name: lora, rank: 4}", "model.freeze_prompt_encoder=true")
+    trainable, total = parameter_counts(model_from_config(cfg, tmp_path))
+    est = estimate(cfg, "cpu")
+    assert (est.trainable, est.total) == (trainable, total)
+    assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
