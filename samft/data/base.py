@@ -17,6 +17,7 @@ it has items (:mod:`samft.data.mixing`) gets other masks, prompts and augmentati
 
 from __future__ import annotations
 
+import abc
 import logging
 import math
 import multiprocessing
@@ -238,7 +239,7 @@ class _Frame:
 
 
 # -- the shared pipeline ----------------------------------------------------------------------------
-class MaskDataset(Dataset):
+class MaskDataset(Dataset, abc.ABC):
     """SAM training items from any reader (subclasses implement :meth:`_index` and :meth:`_load`).
 
     Args:
@@ -287,17 +288,17 @@ class MaskDataset(Dataset):
         self._shared = _Shared()
 
     # -- what a reader implements ---------------------------------------------------------------
+    @abc.abstractmethod
     def _index(self) -> list[dict[str, Any]]:
         """One record per image (keys :data:`RECORD_KEYS`), in a fixed order."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _load(self, index: int, positions: np.ndarray) -> Loaded:
         """Read item ``index`` with the masks of the annotation ``positions`` (in that order).
 
         Raises:
             BadFile: the item cannot be read; the message names the file and why.
         """
-        raise NotImplementedError
 
     def _where(self, index: int) -> str:
         """The file named in messages about item ``index`` before it is read."""

@@ -16,6 +16,7 @@ train or stay frozen as the ``model.freeze_*`` flags say.
 
 from __future__ import annotations
 
+import abc
 import functools
 import hashlib
 import math
@@ -145,7 +146,7 @@ def _after_hook(name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], 
 
 
 # -- the methods ----------------------------------------------------------------------------------
-class PeftMethod:
+class PeftMethod(abc.ABC):
     """What every PEFT method provides (see :data:`samft.registry.PEFT`).
 
     Attributes:
@@ -182,8 +183,9 @@ class PeftMethod:
             getattr(model, part).requires_grad_(False)
         self._apply(model)
 
+    @abc.abstractmethod
     def _apply(self, model: nn.Module) -> None:
-        raise NotImplementedError
+        """Add the method's parameters to ``model`` (its adapted parts' base weights are frozen already)."""
 
     def merge(self, model: nn.Module) -> None:
         """Fold the method into the base weights and remove what it added (the model is then a plain SAM)."""
@@ -353,8 +355,9 @@ class _Selection(PeftMethod):
                 if self._selected(part, name, model):
                     param.requires_grad_(True)
 
+    @abc.abstractmethod
     def _selected(self, part: str, name: str, model: nn.Module) -> bool:
-        raise NotImplementedError
+        """Whether parameter ``name`` of ``part`` trains."""
 
     def _in_blocks(self, part: str, name: str) -> bool:
         """Encoder block parameters only in the chosen blocks (other encoder parameters are not blocks)."""
