@@ -19,7 +19,6 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-SPEC_KEYS = ("name", "weight", "label")  # keys of a spec that are not the reader's options
 
 
 def dataset_specs(value: Any, where: str) -> list[dict[str, Any]]:

@@ -32,6 +32,7 @@ def _settings(cfg: DictConfig, root: Path, *, seed: int, train: bool) -> dict[st
         on_error=d.on_error, with_dist_maps=d.with_dist_maps, seed=seed, dist_clip=d.dist_clip,
         crop={"multiple": crop.multiple, "mask_prob": crop.mask_prob, "overlap": crop.overlap} if crop.enabled
         else None,
+        dist_map_cache=(root / d.dist_map_cache) if d.dist_map_cache else None,
     )
 
 
@@ -41,14 +42,12 @@ def _resolve(value: Any, root: Path) -> Any:
     return root / str(value)
 
 
-def build_dataset(spec: dict[str, Any], settings: dict[str, Any], root: Path, dist_map_cache: Any) -> MaskDataset:
+def build_dataset(spec: dict[str, Any], settings: dict[str, Any], root: Path) -> MaskDataset:
     """One reader from a normalised spec (:func:`samft.data.specs.dataset_specs`); its path options
     are taken relative to ``root`` (absolute paths stay)."""
     cls = DATASETS.get(spec["name"])
     paths = DATASETS.info(spec["name"]).get("paths", ())
     options = {k: _resolve(v, root) if k in paths else v for k, v in spec["options"].items()}
-    if spec["name"] == "sa1b":
-        options["dist_map_cache"] = dist_map_cache
     return cls(**options, **settings)
 
 
@@ -56,9 +55,8 @@ def datasets_from_config(cfg: DictConfig, root: Path, value: Any, *, seed: int,
                          train: bool = True) -> list[tuple[str, float, MaskDataset]]:
     """``(label, weight, dataset)`` for every dataset ``value`` (``data.train`` or ``data.val``) lists."""
     settings = _settings(cfg, root, seed=seed, train=train)
-    cache = (root / cfg.data.dist_map_cache) if cfg.data.dist_map_cache else None
     specs = dataset_specs(value, "data.train" if train else "data.val")
-    return [(s["label"], float(s["weight"]), build_dataset(s, settings, root, cache)) for s in specs]
+    return [(s["label"], float(s["weight"]), build_dataset(s, settings, root)) for s in specs]
 
 
 def dataset_from_config(cfg: DictConfig, root: Path, value: Any, *, seed: int,

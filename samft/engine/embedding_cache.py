@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 
 from samft.data import Batch, collate_masks
 from samft.data.sa1b import SKIPPED
+from samft.models.checkpoint import weights_sha256
 
 # Bump when resize/pad/normalisation change: every cached embedding is then recomputed.
 PREPROCESSING_VERSION = 1
@@ -30,12 +31,8 @@ PREPROCESSING_VERSION = 1
 
 def encoder_fingerprint(encoder: nn.Module, image_size: int) -> str:
     """Hash of the encoder's weights, the input size and the preprocessing version."""
-    digest = hashlib.sha1(f"v{PREPROCESSING_VERSION}:{image_size}".encode())
-    for name, tensor in sorted(encoder.state_dict().items()):
-        digest.update(name.encode())
-        # reshape: 0-d buffers (BatchNorm's num_batches_tracked) cannot be viewed as bytes directly
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
+    key = f"v{PREPROCESSING_VERSION}:{image_size}:{weights_sha256(encoder.state_dict())}"
+    return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
 class EmbeddingCache:

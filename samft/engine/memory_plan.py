@@ -41,6 +41,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from segment_anything.modeling.image_encoder import Attention
 
+from samft.archs import ARCHS
 from samft.config import ConfigError, load, shown
 from samft.engine.build import model_from_config
 from samft.models import decode_masks
@@ -117,7 +118,18 @@ class _Profile:
 
 def estimate(cfg: DictConfig, device: str = "cuda") -> Estimate:
     """The estimated memory of one training step of ``cfg`` on a ``device`` (``cuda`` or ``cpu``)."""
+    _check_modelled(cfg.model.name)
     return _combine(cfg, _profile(cfg, device), device)
+
+
+def _check_modelled(name: str) -> None:
+    """The estimate walks segment_anything's ViT blocks and SAM's decoder; other models (MobileSAM's
+    TinyViT, HQ-SAM's fused decoder, plugins) are refused in one line rather than misestimated."""
+    arch = ARCHS.get(name)
+    if arch is None or arch.encoder != "vit" or arch.decoder != "sam":
+        raise ConfigError(f"model.name={name}: the memory planner models SAM's ViT encoder and decoder (vit_b, "
+                          "vit_l, vit_h, vit_tiny); for this model measure one step with "
+                          "benchmarks/bench_models.py instead.")
 
 
 def _precision(cfg: DictConfig, device: str) -> str:
@@ -328,6 +340,7 @@ def plan(path: str | Path, overrides: list[str], budget: int, device: str = "cud
     (``data.max_masks=16`` is not listed when ``data.max_masks=32`` fits).
     """
     cfg = load(path, overrides)
+    _check_modelled(cfg.model.name)
     knobs = _knobs(cfg, device)
     refused = [o for options in knobs for o, _ in options if o and _refused_alone(path, overrides, o)]
     knobs = [[(o, c) for o, c in options if o not in refused] for options in knobs]

@@ -52,7 +52,7 @@ def mse(pred: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean") ->
         return reduce((pred.to(dtype) - target.to(dtype)).square(), reduction)
 
 
-@LOSSES.register("masked_mse", checks=option_checks())
+@LOSSES.register("masked_mse")
 def masked_mse(
     pred: torch.Tensor, target: torch.Tensor, *, mask: torch.Tensor | None = None, threshold: float = 0.5
 ) -> dict[str, torch.Tensor]:
@@ -152,7 +152,7 @@ def spectral_angle(
         return reduce(angle, reduction)
 
 
-@LOSSES.register("acb_mse", checks=option_checks())
+@LOSSES.register("acb_mse")
 def acb_mse(
     pred: torch.Tensor, target: torch.Tensor, *, zero_weight: float = 1.0, nonzero_weight: float = 1.0
 ) -> torch.Tensor:

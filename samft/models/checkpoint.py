@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -115,3 +116,15 @@ def _mismatch_message(path, model_name, state, own, missing, unexpected, misshap
     fix = (f"It looks like a checkpoint of {settings}: set {settings} (or evaluate with the run's own "
            "config.yaml)." if settings else "Check that model.name and model.image_size match the checkpoint.")
     return f"Checkpoint {path} does not fit model {model_name or '(unnamed)'}: {'; '.join(parts)}. {fix}"
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (key order does not matter): the
+    identity of a model's base weights, whichever file (or seed) they came from."""
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()

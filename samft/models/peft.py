@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import abc
 import functools
-import hashlib
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -28,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from samft.checks import fail
-from samft.models.checkpoint import CheckpointError
+from samft.models.checkpoint import CheckpointError, weights_sha256
 from samft.registry import PEFT
 
 PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
@@ -441,18 +440,6 @@ def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """The state-dict entries of the parameters that train: what a PEFT checkpoint stores."""
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     return {k: v for k, v in model.state_dict().items() if k in names}
-
-
-def weights_sha256(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over every tensor's name, dtype, shape and bytes (key order does not matter): the
-    identity of a model's base weights, whichever file (or seed) they came from."""
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-        # reshape: a 0-d tensor (BatchNorm's num_batches_tracked) cannot be viewed as bytes.
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
-    return digest.hexdigest()
 
 
 def load_trainable(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:

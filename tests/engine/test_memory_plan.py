@@ -137,3 +137,15 @@ def test_estimate_counts_what_peft_trains(demo_data, tmp_path):
     est = estimate(cfg, "cpu")
     assert (est.trainable, est.total) == (trainable, total)
     assert est.gradients == 4 * trainable and est.optimizer == 8 * trainable
+
+
+@pytest.mark.parametrize("name", ["vit_t", "hq_vit_tiny"])
+def test_models_the_planner_does_not_model_are_refused_in_one_line(name):
+    tool, config = REPO / "tools" / "plan_memory.py", REPO / "configs" / "sam_ft.yaml"
+    result = subprocess.run([sys.executable, str(tool), str(config), f"model.name={name}", "model.image_size=256",
+                             "--budget", "8GB"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith(f"error: model.name={name}: the memory planner models SAM's ViT"), result.stderr
+    assert "Traceback" not in result.stderr
