@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 PATCH_SIZE = 16  # the image embedding is the input side / 16: input sides are multiples of it
 
+# SAM's parts: what a model entry may freeze and PEFT may adapt unless it declares its own
+# (``samft.models.zoo.ModelSpec.parts``); config validation checks built-in models against it.
+PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+
 # SAM's (and MobileSAM's) pixel normalisation, applied inside the model to 0..255 RGB.
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -69,4 +73,4 @@ ARCHS: dict[str, SamArch] = {
                            fixed_image_size=None, native_image_size=128, decoder="hq"),
 }
 
-__all__ = ["ARCHS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch"]
+__all__ = ["ARCHS", "PARTS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch"]

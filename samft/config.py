@@ -27,7 +27,7 @@ from typing import Any, Optional, get_type_hints
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from samft.archs import ARCHS, PATCH_SIZE
+from samft.archs import ARCHS, PARTS, PATCH_SIZE
 from samft.checks import OptionError
 from samft.errors import UserError
 from samft.registry import (
@@ -779,14 +779,16 @@ def _check_peft(model: Mapping[str, Any]) -> None:
     _check_spec(spec, PEFT, "model.peft")
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     method = PEFT.build(options)
-    arch = ARCHS.get(model["name"])  # None: a plugin model, checked when it is built
-    if arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts:
+    arch = ARCHS.get(model["name"])  # None: a plugin model, checked against its entry when it is built
+    if arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts and method.needs_vit_blocks:
         raise ConfigError(f"model.peft={shown(spec)}: {model['name']}'s image encoder ({arch.encoder}) has no "
-                          "ViT blocks to adapt; adapt only the decoder (model.peft={name: lora, targets: "
-                          "[decoder]}) or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")
+                          "ViT blocks for it; use lora (targets q, k, v, qkv or decoder), bias, norm or attention, "
+                          "or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")
     try:
         if arch is not None:
-            method.check(arch.depth)
+            method.check(arch.depth, PARTS)  # every built-in has SAM's parts
+    except OptionError as exc:
+        raise ConfigError(f"model.peft.{exc.option}={shown(options.get(exc.option))}: {exc}") from None
     except ValueError as exc:
         raise ConfigError(f"model.peft ({model['name']}): {exc}.") from None
     if model["embedding_cache"] and "image_encoder" in method.adapts:

@@ -271,8 +271,9 @@ PEFT = Registry(
     contract=(
         "A PEFT method is a class built from its options (``model.peft: {name: lora, rank: 8}``) with\n"
         "``adapts`` (the SAM parts whose base weights it freezes: image_encoder, prompt_encoder,\n"
-        "mask_decoder), ``foldable`` (whether ``merge`` works), ``check(encoder_depth)`` (raise ValueError for\n"
-        "options that do not fit the model), ``apply(model)`` (adapt a built SAM in place without renaming\n"
+        "mask_decoder), ``foldable`` (whether ``merge`` works), ``needs_vit_blocks`` (it reaches into\n"
+        "segment_anything's ViT Block), ``check(encoder_depth, parts)`` (raise ValueError for options\n"
+        "that do not fit the model), ``apply(model)`` (adapt a built SAM in place without renaming\n"
         "any base weight; at step 0 the outputs must equal the base model's exactly) and ``merge(model)``\n"
         "(fold into the base weights, leaving a plain SAM). Subclass samft.models.peft.PeftMethod."
     ),
@@ -289,7 +290,8 @@ MODELS = Registry(
         "``pixel_mean``/``pixel_std`` (0..255 RGB normalisation). It declares the released checkpoint\n"
         "layout it loads (``release``), the parts ``model.freeze_*`` may freeze (``parts``), where\n"
         "layer-wise lr decay applies (``decay_layer``), the blocks activation checkpointing wraps\n"
-        "(``encoder_blocks``) and the Linear modules PEFT adapts (``peft_targets``). Built-in sizes\n"
+        "(``encoder_blocks``), the fused q/k/v Linear modules LoRA adapts (``peft_targets``) and where\n"
+        "q, k and v sit in their rows (``qkv_rows``). PEFT and freezing read these. Built-in sizes\n"
         "and input sides are in the torch-free table ``samft.archs.ARCHS`` (what config validation\n"
         "reads); a plugin model's input side is checked when it is built."
     ),

@@ -36,7 +36,7 @@ BAD = [
     ("model.peft={name: lora, rank: 0}", "model.peft.rank=0: ", "rank must be a whole number >= 1"),
     ("model.peft={name: lora, targets: [q, x]}", "model.peft.targets=[q, x]: ", "use a list of q, k, v, qkv"),
     ("model.peft={name: lora, blocks: [2]}", "model.peft (vit_tiny): ", "the image encoder has 2 blocks (0-1)"),
-    (("model.name=vit_t", "model.image_size=256", "model.peft=lora"), "model.peft=lora: ",
+    (("model.name=vit_t", "model.image_size=256", "model.peft=adaptformer"), "model.peft=adaptformer: ",
      "vit_t's image encoder (tiny_vit) has no ViT blocks"),
     ("model.peft={name: adaptformer, scale: 0}", "model.peft.scale=0: ", "scale must be a number > 0"),
     ("model.peft={name: bias, parts: [neck]}", "model.peft.parts=[neck]: ", "use a list of image_encoder"),

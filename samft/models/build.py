@@ -63,29 +63,37 @@ def spec_of(model: nn.Module):
     return MODELS.get(getattr(model, _NAME_ATTR, "vit_b"))
 
 
-def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,
-           mask_decoder: bool = False, adapters: bool = False) -> None:
+def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:
     """Turn off gradients of the chosen parts; frozen parts also stay in eval mode in training.
+
+    The parts are the model entry's ``parts`` (SAM's: ``image_encoder``, ``prompt_encoder``,
+    ``mask_decoder``); a part not named is unfrozen again, a submodule that is no part always trains,
+    and the entry's ``trainable`` patterns (HQ-SAM: only its additions) apply on top.
 
     Eval mode matters for encoders with BatchNorm (MobileSAM's TinyViT): in train mode its running
     statistics would move with every batch, so a "frozen" encoder would change its embeddings.
 
     Args:
-        adapters: A PEFT method will add trainable parameters, so all three parts may be frozen.
+        adapters: A PEFT method will add trainable parameters, so all parts may be frozen.
+        parts: ``part=True`` freezes that part, e.g. ``freeze(model, image_encoder=True)``.
     """
-    for part, frozen in (("image_encoder", image_encoder), ("prompt_encoder", prompt_encoder),
-                         ("mask_decoder", mask_decoder)):
-        module = getattr(model, part)
+    spec = spec_of(model)
+    unknown = [part for part, frozen in parts.items() if frozen and part not in spec.parts]
+    if unknown:
+        raise ValueError(f"model.freeze_{unknown[0]}=true: {spec.name} has no part {unknown[0]} that can be frozen "
+                         f"(its parts: {', '.join(spec.parts)}); set it to false.")
+    for part in spec.parts:
+        module, frozen = getattr(model, part), bool(parts.get(part, False))
         for param in module.parameters():
             param.requires_grad_(not frozen)
         _keep_eval(module, frozen)
-    only = spec_of(model).trainable  # e.g. HQ-SAM: only its additions ever train
+    only = spec.trainable  # e.g. HQ-SAM: only its additions ever train
     if only:
         for name, param in model.named_parameters():
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in only):
                 param.requires_grad_(False)
     if not adapters and not any(p.requires_grad for p in model.parameters()):
-        raise ValueError("All of image encoder, prompt encoder and mask decoder are frozen: nothing would train.")
+        raise ValueError(f"All of {', '.join(spec.parts)} are frozen: nothing would train.")
 
 
 def _keep_eval(module: nn.Module, frozen: bool) -> None:

@@ -17,22 +17,26 @@ train or stay frozen as the ``model.freeze_*`` flags say.
 from __future__ import annotations
 
 import abc
+import fnmatch
 import functools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
+from segment_anything.modeling.image_encoder import Block
 from torch import nn
 from torch.nn import functional as F
 
-from samft.checks import fail
+from samft.archs import PARTS
+from samft.checks import OptionError, fail
+from samft.models.build import spec_of
 from samft.models.checkpoint import CheckpointError, weights_sha256
 from samft.registry import PEFT
 
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
 LORA_TARGETS = ("q", "k", "v", "qkv", "proj", "mlp", "decoder")
-_QKV = {"q": 0, "k": 1, "v": 2}  # position of each projection in the encoder's fused qkv Linear
+_QKV = ("q", "k", "v")  # LoRA targets inside a fused qkv Linear; the model's spec says which rows (qkv_rows)
+_VIT_ONLY = ("proj", "mlp")  # LoRA targets that name segment_anything's ViT Block's modules
 
 
 class PeftError(CheckpointError):
@@ -44,12 +48,14 @@ class LoRA(nn.Module):
     """Low-rank update ``scale * B_s A_s x`` of chosen output slices ``s`` of a Linear.
 
     One (A, B) pair per slice, as SAMed and micro-sam adapt q and v inside SAM's fused ``qkv``
-    projection: ``slices={"q": (0, C), "v": (2C, 3C)}``. A is Kaiming-uniform, B zero.
+    projection: ``slices={"q": (0, C), "v": (2C, 3C)}``. A slice may also be a list of row ranges
+    (TinyViT packs q, k and v per head): B then has a row per output row, in the ranges' order.
+    A is Kaiming-uniform, B zero.
 
     Args:
         in_features: The Linear's input width.
         out_features: The Linear's output width.
-        slices: name -> (start, stop) of the output rows updated.
+        slices: name -> (start, stop), or a list of them, of the output rows updated.
         rank: Rank r of every update.
         alpha: Scale numerator: the update is multiplied by ``alpha / rank``.
         dropout: Dropout on the update's input (training only).
@@ -58,10 +64,17 @@ class LoRA(nn.Module):
     def __init__(self, in_features: int, out_features: int, slices: dict[str, tuple[int, int]], rank: int,
                  alpha: float, dropout: float) -> None:
         super().__init__()
-        self.out_features, self.slices, self.scale = out_features, dict(slices), alpha / rank
+        ranges = {n: [r] if isinstance(r[0], int) else [tuple(x) for x in r] for n, r in slices.items()}
+        # One range: kept as (start, stop) and placed by padding; several: placed by their row indexes.
+        self.out_features, self.scale = out_features, alpha / rank
+        self.slices = {n: r[0] if len(r) == 1 else r for n, r in ranges.items()}
         self.a = nn.ParameterDict({n: nn.Parameter(torch.empty(rank, in_features)) for n in slices})
-        self.b = nn.ParameterDict({n: nn.Parameter(torch.zeros(stop - start, rank))
-                                   for n, (start, stop) in slices.items()})
+        self.b = nn.ParameterDict({n: nn.Parameter(torch.zeros(sum(stop - start for start, stop in r), rank))
+                                   for n, r in ranges.items()})
+        for n, r in ranges.items():
+            if len(r) > 1:
+                rows = torch.cat([torch.arange(start, stop) for start, stop in r])
+                self.register_buffer(f"rows_{n}", rows, persistent=False)
         for a in self.a.values():
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's own init, as LoRA's paper code
         self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
@@ -70,9 +83,13 @@ class LoRA(nn.Module):
         """The update ``[..., out_features]`` (zero outside the slices)."""
         x = self.dropout(x)
         delta = None
-        for name, (start, stop) in self.slices.items():
+        for name, where in self.slices.items():
             part = F.linear(F.linear(x, self.a[name]), self.b[name]) * self.scale
-            part = F.pad(part, (start, self.out_features - stop))
+            if isinstance(where[0], int):
+                part = F.pad(part, (where[0], self.out_features - where[1]))
+            else:
+                part = part.new_zeros(*part.shape[:-1], self.out_features).index_copy(
+                    -1, getattr(self, f"rows_{name}"), part)
             delta = part if delta is None else delta + part
         return delta
 
@@ -80,8 +97,12 @@ class LoRA(nn.Module):
         """``[out, in]``: what the update adds to the Linear's weight, computed in float64."""
         a0 = next(iter(self.a.values()))
         weight = torch.zeros(self.out_features, a0.shape[1], dtype=torch.float64, device=a0.device)
-        for name, (start, stop) in self.slices.items():
-            weight[start:stop] += self.b[name].double() @ self.a[name].double() * self.scale
+        for name, where in self.slices.items():
+            update = self.b[name].double() @ self.a[name].double() * self.scale
+            if isinstance(where[0], int):
+                weight[where[0]:where[1]] += update
+            else:
+                weight.index_add_(0, getattr(self, f"rows_{name}"), update)
         return weight
 
 
@@ -148,13 +169,19 @@ def _after_hook(name: str, module: nn.Module, inputs: tuple[torch.Tensor, ...], 
 class PeftMethod(abc.ABC):
     """What every PEFT method provides (see :data:`samft.registry.PEFT`).
 
+    Where a method applies comes from the model's registry entry (:func:`samft.models.spec_of`): its
+    ``parts``, its ``encoder_blocks`` (what ``blocks`` counts) and its ``peft_targets``.
+
     Attributes:
         adapts: The SAM parts whose base weights the method freezes (its own parameters train).
         foldable: True when :meth:`merge` can fold the method into the base weights.
+        needs_vit_blocks: True when the method reaches into segment_anything's ViT ``Block`` (its
+            ``norm1``, ``attn.proj``, ``mlp.lin1``, ...), so it fits only encoders made of them.
     """
 
     adapts: frozenset[str] = frozenset({"image_encoder"})
     foldable = True
+    needs_vit_blocks = False
 
     def __init__(self, blocks: Sequence[int] | None = None) -> None:
         if blocks is not None:
@@ -164,23 +191,34 @@ class PeftMethod(abc.ABC):
                                 f"got {blocks!r}")
         self.blocks = None if blocks is None else sorted(set(blocks))
 
-    def check(self, encoder_depth: int) -> None:
-        """Raise :class:`PeftError` when an option does not fit an encoder of ``encoder_depth`` blocks."""
+    def check(self, encoder_depth: int, parts: Sequence[str] = PARTS) -> None:
+        """Raise :class:`PeftError` when an option does not fit an encoder of ``encoder_depth`` blocks,
+        or an :class:`OptionError` when the method adapts a part the model does not have (``parts``)."""
+        unknown = sorted(self.adapts - set(parts))
+        if unknown:
+            raise fail("parts", f"parts names {unknown[0]!r}: use a list of {', '.join(parts)}")
         if self.blocks and self.blocks[-1] >= encoder_depth:
             raise PeftError(f"blocks names block {self.blocks[-1]}, but the image encoder has {encoder_depth} "
                             f"blocks (0-{encoder_depth - 1})")
 
     def apply(self, model: nn.Module) -> None:
         """Adapt ``model`` in place: freeze the adapted parts' base weights, add the method's parameters."""
-        if "image_encoder" in self.adapts:
-            blocks = getattr(model.image_encoder, "blocks", None)
-            if blocks is None:
-                raise PeftError(f"{type(model.image_encoder).__name__} has no ViT blocks to adapt: adapt only the "
-                                "decoder (model.peft={name: lora, targets: [decoder]}).")
-            self.check(len(blocks))
+        spec = spec_of(model)
+        blocks = spec.encoder_blocks(model)
+        if "image_encoder" in self.adapts and self.needs_vit_blocks and not all(isinstance(b, Block) for b in blocks):
+            raise PeftError(f"{type(model.image_encoder).__name__} ({spec.name}) has no ViT blocks for "
+                            f"{self.describe()}: use lora (targets q, k, v, qkv or decoder), bias, norm or attention.")
+        try:
+            self.check(len(blocks), spec.parts)
+        except OptionError as exc:
+            raise PeftError(f"model.peft ({spec.name}): {exc}") from None
         for part in self.adapts:
             getattr(model, part).requires_grad_(False)
         self._apply(model)
+
+    def describe(self) -> str:
+        """The method as a user names it, for messages."""
+        return type(self).__name__.removesuffix("Method").lower()
 
     @abc.abstractmethod
     def _apply(self, model: nn.Module) -> None:
@@ -193,9 +231,29 @@ class PeftMethod(abc.ABC):
                             "layers); use the adapted model (samft.engine.build.model_from_config) instead.")
 
     def _blocks(self, model: nn.Module) -> Iterator[nn.Module]:
-        for i, block in enumerate(model.image_encoder.blocks):
+        for i, block in enumerate(spec_of(model).encoder_blocks(model)):
             if self.blocks is None or i in self.blocks:
                 yield block
+
+    def _in_blocks(self, block: int | None) -> bool:
+        """Whether a module of encoder block ``block`` (None: of no block, e.g. the neck) is adapted."""
+        return block is None or self.blocks is None or block in self.blocks
+
+
+def _block_locator(model: nn.Module) -> Callable[[str], tuple[int, str] | None]:
+    """``name -> (i, name inside the block)`` when the module or parameter ``name`` (relative to the
+    model) lies in the model's encoder block ``i`` (its entry's ``encoder_blocks``), else None."""
+    names = {id(m): n for n, m in model.named_modules()}
+    prefixes = [names[id(b)] + "." for b in spec_of(model).encoder_blocks(model)]
+
+    def locate(name: str) -> tuple[int, str] | None:
+        return next(((i, name[len(p):]) for i, p in enumerate(prefixes) if name.startswith(p)), None)
+
+    return locate
+
+
+def _index(where: tuple[int, str] | None) -> int | None:
+    return None if where is None else where[0]
 
 
 @PEFT.register("lora")
@@ -207,9 +265,11 @@ class LoRAMethod(PeftMethod):
         alpha: The update is scaled by ``alpha / rank``; null: ``alpha = rank`` (scale 1, as SAMed).
         dropout: Dropout on the updates' input.
         targets: Any of ``q``, ``k``, ``v`` (their rows inside each encoder block's fused ``qkv``,
-            SAMed's and micro-sam's choice), ``qkv`` (the whole fused projection), ``proj`` (the
-            attention output), ``mlp`` (both MLP Linears), ``decoder`` (every Linear of the mask
-            decoder's two-way transformer).
+            SAMed's and micro-sam's choice), ``qkv`` (the whole fused projection): these wrap the
+            Linears the model's entry names (``peft_targets``, rows by its ``qkv_rows``), so they fit
+            every registered model; ``proj`` (the attention output) and ``mlp`` (both MLP Linears) of
+            segment_anything's ViT blocks; ``decoder`` (every Linear of the mask decoder's two-way
+            transformer).
         blocks: Encoder blocks adapted; null: all.
     """
 
@@ -233,6 +293,7 @@ class LoRAMethod(PeftMethod):
                             "includes them; keep one")
         self.rank, self.alpha, self.dropout = rank, float(alpha if alpha is not None else rank), float(dropout)
         self.targets = tuple(dict.fromkeys(targets))
+        self.needs_vit_blocks = bool(set(self.targets) & set(_VIT_ONLY))
         parts = {"mask_decoder"} if "decoder" in self.targets else set()
         if set(self.targets) - {"decoder"}:
             parts.add("image_encoder")
@@ -242,15 +303,26 @@ class LoRAMethod(PeftMethod):
         _add_parallel(linear, "lora", LoRA(linear.in_features, linear.out_features, slices, self.rank,
                                            self.alpha, self.dropout))
 
-    def _linears(self, model: nn.Module) -> Iterator[tuple[nn.Linear, dict[str, tuple[int, int]]]]:
-        for block in self._blocks(model) if "image_encoder" in self.adapts else ():
-            qkv = block.attn.qkv
-            width = qkv.out_features // 3
-            rows = {t: (_QKV[t] * width, (_QKV[t] + 1) * width) for t in self.targets if t in _QKV}
+    def _linears(self, model: nn.Module) -> Iterator[tuple[nn.Linear, dict[str, Any]]]:
+        spec, locate = spec_of(model), _block_locator(model)
+        fused = [t for t in self.targets if t in _QKV or t == "qkv"]
+        found = 0
+        for name, qkv in model.named_modules() if fused else ():  # the entry's peft_targets, in the chosen blocks
+            if not (isinstance(qkv, nn.Linear) and any(fnmatch.fnmatchcase(name, p) for p in spec.peft_targets)
+                    and self._in_blocks(_index(locate(name)))):
+                continue
+            found += 1
+            layout = spec.qkv_rows(model, name)
+            rows = {t: layout[t] for t in self.targets if t in _QKV}
             if rows:
                 yield qkv, rows
             if "qkv" in self.targets:
                 yield qkv, {"qkv": (0, qkv.out_features)}
+        if fused and not found:
+            where = f"blocks {self.blocks}" if self.blocks else "the model"
+            raise PeftError(f"{spec.name}'s peft_targets ({', '.join(spec.peft_targets)}) match no Linear in "
+                            f"{where}: choose blocks that hold attention (or null for all).")
+        for block in self._blocks(model) if set(self.targets) & set(_VIT_ONLY) else ():
             if "proj" in self.targets:
                 yield block.attn.proj, {"proj": (0, block.attn.proj.out_features)}
             if "mlp" in self.targets:
@@ -290,6 +362,7 @@ class AdaptFormerMethod(PeftMethod):
     """
 
     foldable = False
+    needs_vit_blocks = True
 
     def __init__(self, bottleneck: int = 64, scale: float = 0.1, blocks: Sequence[int] | None = None) -> None:
         super().__init__(blocks)
@@ -312,6 +385,8 @@ class SSFMethod(PeftMethod):
     Args:
         blocks: Encoder blocks adapted; null: all.
     """
+
+    needs_vit_blocks = True
 
     def __init__(self, blocks: Sequence[int] | None = None) -> None:
         super().__init__(blocks)
@@ -337,32 +412,29 @@ class SSFMethod(PeftMethod):
 
 class _Selection(PeftMethod):
     """Trains a chosen subset of the base tensors; everything else of the adapted parts stays frozen.
-    Nothing is added, so there is nothing to fold: the trained tensors are the base tensors."""
+    Nothing is added, so there is nothing to fold: the trained tensors are the base tensors.
+    ``parts`` are checked against the model's (its entry's ``parts``) when the method is applied."""
 
     def __init__(self, parts: Sequence[str] = ("image_encoder",), blocks: Sequence[int] | None = None) -> None:
         super().__init__(blocks)
         parts = [parts] if isinstance(parts, str) else list(parts)
-        unknown = [p for p in parts if p not in PARTS]
-        if unknown or not parts:
-            raise fail("parts", f"parts names {unknown[0] if unknown else 'nothing'!r}: "
-                       f"use a list of {', '.join(PARTS)}")
+        if not parts or not all(isinstance(p, str) and p for p in parts):
+            raise fail("parts", f"parts must be a list of the model's parts (e.g. {', '.join(PARTS)}); "
+                       f"got {parts!r}")
         self.adapts = frozenset(parts)
 
     def _apply(self, model: nn.Module) -> None:
+        locate = _block_locator(model)
         for part in self.adapts:
             for name, param in getattr(model, part).named_parameters():
-                if self._selected(part, name, model):
+                # Blocks are the image encoder's (other parts' parameters are in no block).
+                where = locate(f"{part}.{name}") if part == "image_encoder" else None
+                if self._selected(model, part, name, where) and self._in_blocks(_index(where)):
                     param.requires_grad_(True)
 
     @abc.abstractmethod
-    def _selected(self, part: str, name: str, model: nn.Module) -> bool:
-        """Whether parameter ``name`` of ``part`` trains."""
-
-    def _in_blocks(self, part: str, name: str) -> bool:
-        """Encoder block parameters only in the chosen blocks (other encoder parameters are not blocks)."""
-        if part != "image_encoder" or self.blocks is None or not name.startswith("blocks."):
-            return True
-        return int(name.split(".")[1]) in self.blocks
+    def _selected(self, model: nn.Module, part: str, name: str, where: tuple[int, str] | None) -> bool:
+        """Whether parameter ``name`` of ``part`` trains (``where``: its encoder block and name in it, or None)."""
 
 
 @PEFT.register("bias")
@@ -374,8 +446,8 @@ class BiasMethod(_Selection):
         blocks: Encoder blocks whose biases train; null: all (and the neck's).
     """
 
-    def _selected(self, part: str, name: str, model: nn.Module) -> bool:
-        return name.endswith("bias") and self._in_blocks(part, name)
+    def _selected(self, model: nn.Module, part: str, name: str, where: tuple[int, str] | None) -> bool:
+        return name.endswith("bias")
 
 
 @PEFT.register("norm")
@@ -387,9 +459,9 @@ class NormMethod(_Selection):
         blocks: Encoder blocks whose norms train; null: all (and the neck's).
     """
 
-    def _selected(self, part: str, name: str, model: nn.Module) -> bool:
+    def _selected(self, model: nn.Module, part: str, name: str, where: tuple[int, str] | None) -> bool:
         owner = getattr(model, part).get_submodule(name.rpartition(".")[0])
-        return "Norm" in type(owner).__name__ and self._in_blocks(part, name)
+        return "Norm" in type(owner).__name__
 
 
 @PEFT.register("attention")
@@ -403,8 +475,8 @@ class AttentionMethod(_Selection):
     def __init__(self, blocks: Sequence[int] | None = None) -> None:
         super().__init__(("image_encoder",), blocks)
 
-    def _selected(self, part: str, name: str, model: nn.Module) -> bool:
-        return name.startswith("blocks.") and name.split(".")[2] == "attn" and self._in_blocks(part, name)
+    def _selected(self, model: nn.Module, part: str, name: str, where: tuple[int, str] | None) -> bool:
+        return where is not None and where[1].startswith("attn.")
 
 
 # -- applying, counting, saving -------------------------------------------------------------------

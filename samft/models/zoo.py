@@ -18,12 +18,27 @@ import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from torch import nn
 
-from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD, SamArch
+from samft.archs import ARCHS, PARTS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD, SamArch
 from samft.models.hq_sam import HQ_PARAMETERS, HQImageEncoderViT, MaskDecoderHQ
 from samft.models.tiny_vit import TinyViT
 from samft.registry import MODELS
 
-PARTS = ("image_encoder", "prompt_encoder", "mask_decoder")
+# Output rows of a fused q/k/v projection: name -> (start, stop) ranges, e.g. {"q": [(0, 768)], ...}.
+QkvRows = dict[str, list[tuple[int, int]]]
+
+
+def stacked_qkv(model: nn.Module, name: str) -> QkvRows:
+    """segment_anything's ``Attention.qkv`` (and most ViTs'): all of q, then all of k, then all of v."""
+    width = model.get_submodule(name).out_features // 3
+    return {t: [(i * width, (i + 1) * width)] for i, t in enumerate("qkv")}
+
+
+def per_head_qkv(model: nn.Module, name: str) -> QkvRows:
+    """TinyViT's ``Attention.qkv``: per head ``[q (d), k (d), v (d)]`` (``d`` = its ``head_dim``)."""
+    attention = model.get_submodule(name.rpartition(".")[0])
+    d = attention.head_dim
+    return {t: [(h * 3 * d + i * d, h * 3 * d + (i + 1) * d) for h in range(attention.heads)]
+            for i, t in enumerate("qkv")}
 
 
 @dataclass(frozen=True)
@@ -37,9 +52,13 @@ class ModelSpec:
         encoder_blocks: ``model -> [blocks]`` that activation checkpointing wraps, input to output.
         decay_layer: ``(model, name relative to the image encoder) -> (depth of that parameter,
             depth of the encoder)``: layer-wise lr decay gives it ``layer_decay ** (depth + 1 - layer)``.
-        peft_targets: ``fnmatch`` patterns of the ``nn.Linear`` modules PEFT adapters wrap (the
-            attention's fused q/k/v projection in each image-encoder block, as SAMed and micro-sam).
-        parts: The submodules that ``model.freeze_*`` can freeze.
+        peft_targets: ``fnmatch`` patterns of the ``nn.Linear`` modules LoRA's ``q``/``k``/``v``/``qkv``
+            targets wrap (the attention's fused q/k/v projection in each image-encoder block, as SAMed
+            and micro-sam); a target's encoder block (for PEFT's ``blocks``) is the one holding it.
+        qkv_rows: ``(model, target name) -> {"q": [(start, stop), ...], "k": ..., "v": ...}``: where
+            q, k and v sit in a target's output rows (LoRA on ``q`` and ``v`` updates only theirs).
+        parts: The submodules that ``model.freeze_*`` can freeze and PEFT methods can adapt; a
+            submodule not listed always trains (unless ``trainable`` says otherwise).
         trainable: ``fnmatch`` patterns of the only parameters that ever train (HQ-SAM: its additions;
             empty: every parameter of the parts not frozen).
     """
@@ -50,6 +69,7 @@ class ModelSpec:
     encoder_blocks: Callable[[nn.Module], list[nn.Module]]
     decay_layer: Callable[[nn.Module, str], tuple[int, int]]
     peft_targets: tuple[str, ...]
+    qkv_rows: Callable[[nn.Module, str], QkvRows] = stacked_qkv
     parts: tuple[str, ...] = PARTS
     trainable: tuple[str, ...] = ()
 
@@ -133,5 +153,5 @@ for _name in ("vit_b", "vit_l", "vit_h", "vit_tiny", "hq_vit_b", "hq_vit_l", "hq
 MODELS.register("vit_t")(ModelSpec(
     name="vit_t", build=partial(build_tiny_vit_sam, ARCHS["vit_t"]), release="mobile_sam.pt",
     encoder_blocks=tiny_vit_blocks, decay_layer=tiny_vit_decay_layer,
-    peft_targets=("image_encoder.layers.*.blocks.*.attn.qkv",),
+    peft_targets=("image_encoder.layers.*.blocks.*.attn.qkv",), qkv_rows=per_head_qkv,
 ))

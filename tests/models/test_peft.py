@@ -200,8 +200,10 @@ def test_options_are_checked_with_the_option_named():
         assert err.value.option == next(iter(options))
     with pytest.raises(PeftError, match="blocks names block 2, but the image encoder has 2 blocks"):
         apply_peft(tiny(), {"name": "ssf", "blocks": [2]})
-    with pytest.raises(OptionError, match="parts names 'neck'"):
-        PEFT.build({"name": "bias", "parts": ["neck"]})
+    with pytest.raises(PeftError, match="parts names 'neck': use a list of image_encoder, prompt_encoder"):
+        apply_peft(tiny(), {"name": "bias", "parts": ["neck"]})  # the model's entry says which parts it has
+    with pytest.raises(OptionError, match="parts must be a list"):
+        PEFT.build({"name": "bias", "parts": []})
 
 
 def test_applying_twice_is_refused():
@@ -260,5 +262,5 @@ def test_base_identity_of_an_encoder_with_batchnorm_counters():
     model = build_model("vit_t", 256)
     apply_peft(model, {"name": "lora", "rank": 2, "targets": ["decoder"]})
     assert len(base_identity(model, None, 0)["sha256"]) == 64
-    with pytest.raises(PeftError, match="TinyViT has no ViT blocks to adapt"):
-        apply_peft(build_model("vit_t", 256), {"name": "lora"})
+    with pytest.raises(PeftError, match=r"TinyViT \(vit_t\) has no ViT blocks for adaptformer"):
+        apply_peft(build_model("vit_t", 256), {"name": "adaptformer"})
