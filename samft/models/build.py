@@ -86,7 +86,7 @@ def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:
         module, frozen = getattr(model, part), bool(parts.get(part, False))
         for param in module.parameters():
             param.requires_grad_(not frozen)
-        _keep_eval(module, frozen)
+        keep_eval(module, frozen)
     only = spec.trainable  # e.g. HQ-SAM: only its additions ever train
     if only:
         for name, param in model.named_parameters():
@@ -96,7 +96,7 @@ def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:
         raise ValueError(f"All of {', '.join(spec.parts)} are frozen: nothing would train.")
 
 
-def _keep_eval(module: nn.Module, frozen: bool) -> None:
+def keep_eval(module: nn.Module, frozen: bool) -> None:
     """Make ``module.train(True)`` (called by its parent's ``train``) leave a frozen module in eval mode."""
     module.__dict__.pop("train", None)
     if frozen:

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 from samft.archs import PARTS
 from samft.checks import OptionError, fail
-from samft.models.build import spec_of
+from samft.models.build import keep_eval, spec_of
 from samft.models.checkpoint import CheckpointError, weights_sha256
 from samft.registry import PEFT
 
@@ -214,6 +214,11 @@ class PeftMethod(abc.ABC):
             raise PeftError(f"model.peft ({spec.name}): {exc}") from None
         for part in self.adapts:
             getattr(model, part).requires_grad_(False)
+            # BatchNorm (MobileSAM's TinyViT) would move its running statistics in train mode: frozen
+            # base buffers that a PEFT checkpoint does not hold, so evaluation would see other ones.
+            for module in getattr(model, part).modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    keep_eval(module, True)
         self._apply(model)
 
     def describe(self) -> str:
