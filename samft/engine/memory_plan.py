@@ -44,7 +44,13 @@ from segment_anything.modeling.image_encoder import Attention
 from samft.archs import ARCHS
 from samft.config import ConfigError, load, shown
 from samft.engine.build import model_from_config
-from samft.models import decode_masks
+from samft.models import decode_masks, spec_of
+from samft.models.tiny_vit import Attention as WindowAttention
+
+# The attention modules whose saved tensors count as "attention": segment_anything's (ViT, HQ-SAM's
+# encoder) and TinyViT's windowed attention (MobileSAM).
+ATTENTION_MODULES = (Attention, WindowAttention)
+MODELLED_ENCODERS = ("vit", "tiny_vit")
 
 GiB = 2**30
 OUTSIDE = -1  # saved outside the encoder's blocks
@@ -108,7 +114,8 @@ class _Profile:
     encoder_other: int  # saved outside the blocks (patch embedding, neck)
     blocks: tuple[int, ...]  # saved per block outside its attention
     attention: tuple[int, ...]  # saved per block inside its attention
-    block_input: int  # one block's input (what activation checkpointing keeps per block)
+    block_inputs: tuple[int, ...]  # each block's input (what activation checkpointing keeps per block)
+    channels: int  # of the image embedding the decoder reads (HQ-SAM: SAM's + its early ViT feature)
     decoder_first: int  # round 0, per mask
     decoder_later: int  # rounds with a fed-back mask prompt, per mask
     params: int
@@ -123,12 +130,13 @@ def estimate(cfg: DictConfig, device: str = "cuda") -> Estimate:
 
 
 def _check_modelled(name: str) -> None:
-    """The estimate walks segment_anything's ViT blocks and SAM's decoder; other models (MobileSAM's
-    TinyViT, HQ-SAM's fused decoder, plugins) are refused in one line rather than misestimated."""
+    """The estimate walks the encoder blocks of the model's entry and counts the attention modules it
+    knows (segment_anything's ViT and HQ-SAM's, MobileSAM's TinyViT); other encoders (plugins) are
+    refused in one line rather than misestimated."""
     arch = ARCHS.get(name)
-    if arch is None or arch.encoder != "vit" or arch.decoder != "sam":
-        raise ConfigError(f"model.name={name}: the memory planner models SAM's ViT encoder and decoder (vit_b, "
-                          "vit_l, vit_h, vit_tiny); for this model measure one step with "
+    if arch is None or arch.encoder not in MODELLED_ENCODERS:
+        raise ConfigError(f"model.name={name}: the memory planner models the built-in models' encoders (vit_b, "
+                          "vit_l, vit_h, vit_tiny, vit_t, hq_*); for this model measure one step with "
                           "benchmarks/bench_models.py instead.")
 
 
@@ -193,12 +201,19 @@ class _SavedBytes:
 def _encoder_profile(model: torch.nn.Module, images: int, size: int, half: bool, device: str) -> dict:
     encoder = model.image_encoder
     counter = _SavedBytes(model, half, fp32_softmax=device == "cuda")
+    blocks = spec_of(model).encoder_blocks(model)
+    inputs = [0] * len(blocks)
+
+    def enter(i: int, x: torch.Tensor) -> None:
+        counter.block = i
+        inputs[i] = x.numel() * (2 if half else 4)
+
     handles = []
-    for i, block in enumerate(encoder.blocks):
-        handles.append(block.register_forward_pre_hook(lambda _m, _a, i=i: setattr(counter, "block", i)))
+    for i, block in enumerate(blocks):
+        handles.append(block.register_forward_pre_hook(lambda _m, args, i=i: enter(i, args[0])))
         handles.append(block.register_forward_hook(lambda *_: setattr(counter, "block", OUTSIDE)))
     for module in encoder.modules():
-        if isinstance(module, Attention):
+        if isinstance(module, ATTENTION_MODULES):
             handles.append(module.register_forward_pre_hook(lambda *_: setattr(counter, "in_attention", True)))
             handles.append(module.register_forward_hook(lambda *_: setattr(counter, "in_attention", False)))
     x = torch.empty(images, 3, size, size, device="meta")
@@ -208,21 +223,26 @@ def _encoder_profile(model: torch.nn.Module, images: int, size: int, half: bool,
     finally:
         for h in handles:
             h.remove()
-    depth = len(encoder.blocks)
-    tokens = (size // 16) ** 2
+    depth = len(blocks)
     return {
         "encoder_other": counter.total(block=OUTSIDE),
         "blocks": tuple(counter.total(block=i, attention=False) for i in range(depth)),
         "attention": tuple(counter.total(block=i, attention=True) for i in range(depth)),
-        "block_input": images * tokens * encoder.pos_embed.shape[-1] * (2 if half else 4),
+        "block_inputs": tuple(inputs),
+        "channels": out.shape[1],
         "embedding_grad": out.requires_grad,
     }
 
 
+def _embedding_channels(model: torch.nn.Module, size: int) -> int:
+    with torch.no_grad():
+        return model.image_encoder(torch.empty(1, 3, size, size, device="meta")).shape[1]
+
+
 def _decoder_saved(model: torch.nn.Module, masks: int, size: int, half: bool, embedding_grad: bool,
-                   with_mask: bool) -> int:
+                   with_mask: bool, channels: int) -> int:
     side = size // 16
-    emb = torch.empty(1, model.prompt_encoder.embed_dim, side, side, device="meta", requires_grad=embedding_grad)
+    emb = torch.empty(1, channels, side, side, device="meta", requires_grad=embedding_grad)
     index = torch.zeros(masks, dtype=torch.long, device="meta")
     points = torch.empty(masks, 2, 2, device="meta")
     labels = torch.ones(masks, 2, dtype=torch.long, device="meta")
@@ -250,11 +270,13 @@ def _profile(cfg: DictConfig, device: str) -> _Profile:
     half = precision in HALF
     size = m.image_size
     if m.embedding_cache:  # embeddings come from the cache: the encoder does not run
-        enc = {"encoder_other": 0, "blocks": (), "attention": (), "block_input": 0, "embedding_grad": False}
+        enc = {"encoder_other": 0, "blocks": (), "attention": (), "block_inputs": (),
+               "channels": _embedding_channels(model, size), "embedding_grad": False}
     else:
         enc = _encoder_profile(model, 1, size, half, device)
-    per_mask = [_decoder_saved(model, 4, size, half, enc["embedding_grad"], with_mask=w) / 4 for w in (False, True)]
-    profile = _Profile(enc["encoder_other"], enc["blocks"], enc["attention"], enc["block_input"],
+    per_mask = [_decoder_saved(model, 4, size, half, enc["embedding_grad"], w, enc["channels"]) / 4
+                for w in (False, True)]
+    profile = _Profile(enc["encoder_other"], enc["blocks"], enc["attention"], enc["block_inputs"], enc["channels"],
                        int(per_mask[0]), int(per_mask[1]), params, trainable, buffers)
     _PROFILES[key] = profile
     return profile
@@ -271,7 +293,7 @@ def _combine(cfg: DictConfig, p: _Profile, device: str) -> Estimate:
     decoder = masks * (p.decoder_first + (rounds - 1) * later) + rounds * 2 * logits  # + the loss's saved inputs
     batch = images * (3 + 1) * size * size + masks * size * size  # uint8 images, bool valid and masks
     if cfg.model.activation_checkpointing and p.blocks:
-        encoder = p.encoder_other + len(p.blocks) * p.block_input
+        encoder = p.encoder_other + sum(p.block_inputs)
         attention = 0
         recompute = max(b + a for b, a in zip(p.blocks, p.attention, strict=True))
     else:
