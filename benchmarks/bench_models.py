@@ -9,9 +9,17 @@ growth) does not mix between models. The baseline is ``vit_b`` in the same run (
 model); ratios are against it. HQ-SAM trains only its additions (frozen ViT), so its step is
 the frozen encoder's forward plus the decoder's forward and backward.
 
+``--demo-miou`` answers another question: what the demo's validation mIoU is after the same number of
+steps with ``vit_tiny`` and ``vit_t`` (MobileSAM). Each trains from scratch with ``configs/demo.yaml``'s
+recipe (only ``model.name`` differs) at the same input size on the demo data (``tools/make_demo_data.py``'s
+defaults: 18 train / 6 val images, 320 x 240), is validated once on the val split after the last step,
+and the wall time of its run (training + that validation) is printed with the ratio to ``vit_tiny``'s.
+
 usage: python benchmarks/bench_models.py [--quick] [--models vit_t,vit_b,...] [--threads 1]
+       python benchmarks/bench_models.py --demo-miou [--steps 100] [--size 256] [--quick] [--threads 1]
   --quick: each model at a smaller input (vit_tiny 128, the others 256 where they allow it) and
   fewer repetitions; vit_b and hq_vit_b need their 1024 px and are replaced by vit_tiny / hq_vit_tiny.
+  With --demo-miou: 128 px and 10 steps (unless --size / --steps say otherwise).
 """
 
 from __future__ import annotations
@@ -95,6 +103,50 @@ def child(name: str, size: int, masks: int, reps: int, threads: int) -> dict:
             "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
+def demo_child(name: str, size: int, steps: int, threads: int, data: Path) -> dict:
+    """Train ``name`` from scratch for ``steps`` with the demo recipe; its validation after the last step."""
+    from samft.config import load
+    from samft.engine.trainer import Trainer
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load(REPO / "configs" / "demo.yaml", [
+            f"data.train={data / 'train'}", f"data.val={data / 'val'}", f"model.name={name}",
+            f"model.image_size={size}", f"train.steps={steps}", f"train.val_every={steps}",
+            f"train.checkpoint_every={steps}", "train.progress=false", "tracking.enabled=false",
+            f"train.output_dir={Path(tmp) / 'out'}", f"train.threads={threads}"])
+        start = time.perf_counter()
+        result = Trainer(cfg, project_root=Path(tmp)).fit()
+        wall = time.perf_counter() - start
+    val = result.val_metrics
+    return {"name": name, "size": size, "steps": result.steps, "miou_point": val["val/miou_point"],
+            "miou_box": val["val/miou_box"], "masks": val["val/num_masks"], "wall_s": wall}
+
+
+def demo_miou(args) -> None:
+    from samft.data.demo import make_demo_dataset
+
+    size, steps = args.size or (128 if args.quick else 256), args.steps or (10 if args.quick else 100)
+    print(f"demo validation mIoU after {steps} steps from scratch at {size} px: configs/demo.yaml's recipe, "
+          f"{args.threads} thread(s) (pinned), demo data (18 train / 6 val images, 320x240)", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = make_demo_dataset(Path(tmp) / "demo", seed=0)
+        rows = []
+        for name in ("vit_tiny", "vit_t"):
+            cmd = [sys.executable, __file__, "--child-demo", name, "--size", str(size), "--steps", str(steps),
+                   "--threads", str(args.threads), "--data", str(data)]
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+            out = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env, cwd=REPO)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            if len(rows) == 1:
+                print("| model | input | steps | val mIoU point | val mIoU box | val masks | wall s (train + val) "
+                      "| vs vit_tiny |")
+                print("|---|---:|---:|---:|---:|---:|---:|---:|")
+            r = rows[-1]
+            print(f"| {r['name']} | {r['size']} | {r['steps']} | {r['miou_point']:.4f} | {r['miou_box']:.4f} | "
+                  f"{r['masks']:.0f} | {r['wall_s']:.1f} | {r['wall_s'] / rows[0]['wall_s']:.2f}x |", flush=True)
+
+
 def run(name: str, args) -> dict:
     size = native_size(name, args.quick)
     cmd = [sys.executable, __file__, "--child", name, "--size", str(size), "--masks", str(args.masks),
@@ -111,12 +163,23 @@ def main() -> None:
     parser.add_argument("--masks", type=int, default=8)
     parser.add_argument("--reps", type=int, default=0, help="timed steps per model (default 3, quick 2)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--demo-miou", action="store_true",
+                        help="the demo's validation mIoU of vit_tiny and vit_t after the same steps")
+    parser.add_argument("--steps", type=int, default=0, help="with --demo-miou: training steps (default 100, quick 10)")
+    parser.add_argument("--size", type=int, default=0, help="with --demo-miou: input side (default 256, quick 128)")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--child-demo", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     args.reps = args.reps or (2 if args.quick else 3)
     if args.child:
         print(json.dumps(child(args.child, args.size, args.masks, args.reps, args.threads)))
+        return
+    if args.child_demo:
+        print(json.dumps(demo_child(args.child_demo, args.size, args.steps, args.threads, args.data)))
+        return
+    if args.demo_miou:
+        demo_miou(args)
         return
     names = [n for n in args.models.split(",") if n] or list(QUICK if args.quick else FULL)
     print(f"one training step per model: {args.threads} thread(s) (pinned), {args.masks} box-prompted masks, "
