@@ -78,3 +78,33 @@ def test_two_stages_on_real_photos_beat_the_untrained_model_and_stage_1(four_pho
         assert trained[f"val/miou_{prompt}"] > untrained[f"miou_{prompt}"] + MARGIN, report
         assert trained[f"val/miou_{prompt}"] > shapes_only[f"miou_{prompt}"] + MARGIN, report
     assert trained["val/baseline_miou_box"] == pytest.approx(untrained["baseline_miou_box"])  # same prompts
+
+
+def test_mobile_sam_preset_fine_tunes_the_decoder_on_cached_photo_embeddings(tmp_path, one_thread):
+    """``configs/coco_tiny_mobile_sam.yaml`` (the real-data preset for a user with MobileSAM's release) runs
+    end to end on real photos from a checkpoint in ``mobile_sam.pt``'s layout: each photo is encoded once
+    into the cache, only the prompt encoder and mask decoder move, and validation reports the baselines."""
+    from samft.data.coco import convert_coco
+    from samft.models import build_model
+
+    if not COCO_TINY.is_dir():
+        pytest.skip(f"{COCO_TINY.resolve()} is absent (it ships with CI, not with a user's clone)")
+    photos = tmp_path / "photos"
+    convert_coco(COCO_TINY / "annotations" / "instances_val2017.json", COCO_TINY / "val2017", photos, link=True,
+                 max_images=2)
+    release = build_model("vit_t", 1024).state_dict()
+    torch.save(release, tmp_path / "mobile_sam.pt")
+    cfg = load(REPO / "configs" / "coco_tiny_mobile_sam.yaml", [
+        f"model.checkpoint={tmp_path / 'mobile_sam.pt'}", f"model.embedding_cache={tmp_path / 'cache'}",
+        "model.image_size=256", f"data.train={photos}", f"data.val={photos}", "data.max_masks=4", "eval.max_masks=4",
+        "train.steps=3", "train.val_every=3", "train.checkpoint_every=3", "eval.max_images=2", "train.progress=false",
+        "tracking.enabled=false", f"train.output_dir={tmp_path}"])
+    trainer = Trainer(cfg, project_root=tmp_path)
+    metrics = trainer.fit().val_metrics
+
+    assert len(list((tmp_path / "cache").rglob("*.pt"))) == 2  # one embedding per photo, training and validation
+    trained = trainer.model.state_dict()
+    encoder = [k for k in release if k.startswith("image_encoder.")]
+    assert all(torch.equal(trained[k], release[k]) for k in encoder)  # BatchNorm statistics included
+    assert any(not torch.equal(trained[k], release[k]) for k in release if k.startswith("mask_decoder."))
+    assert 0 < metrics["val/baseline_miou_box"] <= 1 and 0 < metrics["val/baseline_miou_point"] <= 1

@@ -2,7 +2,7 @@
 code fails here.
 
 Every fenced ``bash`` block runs command by command (a block's ``VAR=...`` lines are kept for its
-later commands) in a temporary folder holding ``configs/`` and ``tools/`` of this clone, with
+later commands) in a temporary folder holding ``configs/``, ``tools/`` and ``benchmarks/`` of this clone, with
 ``.venv/bin/python`` (or ``python``) replaced by the interpreter running this test, which is
 ``.venv/bin/python`` under ``make test``. Only sizes shrink: training and evaluation get the tiny
 overrides of conftest.py appended, the demo data has 8 images, distance maps use one process.
@@ -204,7 +204,7 @@ def test_readme_commands_run_as_written(tmp_path: Path, tool_env, tiny_train, ti
         (tmp_path / "shared").symlink_to(REPO.parent / "shared")
     else:
         SKIPS.append((re.compile(r"\.\./shared/"), "needs ../shared beside the clone (CI has it)"))
-    for folder in ("configs", "tools"):
+    for folder in ("configs", "tools", "benchmarks"):
         (clone / folder).symlink_to(REPO / folder)
     for split, images, seed in (("train2017", 4, 0), ("val2017", 2, 1)):
         write_coco(clone, split, images, seed)
