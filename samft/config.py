@@ -377,6 +377,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # The consumers keep these choices too (tests/test_config_values.py checks that both agree).
 
 MODEL_NAMES = tuple(ARCHS)  # built-in models (samft.registry.MODELS); plugin models are added at check time
+OBJECT_SCORE_LOSSES = ("sam2", "object_score")  # losses that need the decoder's object-score logits (SAM 2)
 ATTENTIONS = ("sdpa", "eager")  # samft.models.attention
 ON_ERROR = ("skip", "raise")  # samft.data.errors
 PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
@@ -578,13 +579,18 @@ def _check_relations(values: Mapping[str, Any]) -> None:
     """Values that are only wrong together with others."""
     m, d, t = values["model"], values["data"], values["train"]
     size, arch = m["image_size"], ARCHS.get(m["name"])  # a plugin model checks its own size when it is built
-    if not _is_int(size) or size < PATCH_SIZE or size % PATCH_SIZE:
-        raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {PATCH_SIZE} "
+    multiple = arch.size_multiple if arch is not None else PATCH_SIZE
+    if not _is_int(size) or size < multiple or size % multiple:
+        raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {multiple} "
                           f"(the input side after resize and pad; e.g. {(arch and arch.fixed_image_size) or 256}).")
     if arch is not None and arch.fixed_image_size is not None and size != arch.fixed_image_size:
         raise ConfigError(
             f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
             f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")
+    loss_name = values["loss"]["name"] if isinstance(values["loss"], Mapping) else values["loss"]
+    if loss_name in OBJECT_SCORE_LOSSES and arch is not None and arch.decoder != "sam2":
+        raise ConfigError(f"loss.name={loss_name}: it trains SAM 2's object-score head, which {m['name']} has not; "
+                          "use loss.name=sam (or a SAM 2 model, model.name=sam2_1_hiera_*).")
     if t["precision"] == "fp16" and t["device"] == "cpu":
         raise ConfigError("train.precision=fp16: fp16 needs a GPU, and train.device=cpu; "
                           "use train.precision=bf16 or fp32 on a CPU.")
@@ -780,7 +786,7 @@ def _check_peft(model: Mapping[str, Any]) -> None:
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     method = PEFT.build(options)
     arch = ARCHS.get(model["name"])  # None: a plugin model, checked when it is built
-    if arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts:
+    if arch is not None and arch.encoder not in ("vit", "hiera") and "image_encoder" in method.adapts:
         raise ConfigError(f"model.peft={shown(spec)}: {model['name']}'s image encoder ({arch.encoder}) has no "
                           "ViT blocks to adapt; adapt only the decoder (model.peft={name: lora, targets: "
                           "[decoder]}) or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")

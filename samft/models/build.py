@@ -50,8 +50,9 @@ def build_model(name: str, image_size: int = 1024, attention: str = "eager") -> 
             f"checkpoints are for {arch.fixed_image_size}. Use model.image_size={arch.fixed_image_size} "
             "or model.name=vit_tiny."
         )
-    if image_size % PATCH_SIZE:
-        raise ValueError(f"model.image_size={image_size} must be a multiple of {PATCH_SIZE}.")
+    multiple = arch.size_multiple if arch is not None else PATCH_SIZE
+    if image_size % multiple:
+        raise ValueError(f"model.image_size={image_size} must be a multiple of {multiple}.")
     model = MODELS.get(name)(image_size)
     setattr(model, _NAME_ATTR, name)
     return use_attention(model, attention).train()
