@@ -591,6 +591,9 @@ def _check_relations(values: Mapping[str, Any]) -> None:
     if loss_name in OBJECT_SCORE_LOSSES and arch is not None and arch.decoder != "sam2":
         raise ConfigError(f"loss.name={loss_name}: it trains SAM 2's object-score head, which {m['name']} has not; "
                           "use loss.name=sam (or a SAM 2 model, model.name=sam2_1_hiera_*).")
+    if arch is not None and arch.encoder == "hiera" and values["eval"]["everything"]["every"]:
+        raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: segment-everything runs "
+                          f"segment_anything's mask generator, which cannot run {m['name']} (SAM 2.1); set it to 0.")
     if t["precision"] == "fp16" and t["device"] == "cpu":
         raise ConfigError("train.precision=fp16: fp16 needs a GPU, and train.device=cpu; "
                           "use train.precision=bf16 or fp32 on a CPU.")

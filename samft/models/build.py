@@ -17,10 +17,12 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
+from samft.errors import UserError
 from samft.models.attention import use_attention
 from samft.registry import MODELS, did_you_mean
 
-__all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "build_model", "checkpoint_activations", "freeze", "spec_of"]
+__all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "UnsupportedModel", "build_model", "checkpoint_activations", "freeze",
+           "require_sam", "spec_of"]
 
 # The registry name a model was built under, stamped on it so the engine can look up its spec.
 _NAME_ATTR = "samft_model_name"
@@ -62,6 +64,21 @@ def spec_of(model: nn.Module):
     """The registry entry (``samft.models.zoo.ModelSpec``) ``model`` was built from; ``vit_b``'s for a
     SAM that ``build_model`` did not build (e.g. segment_anything's own): its rules fit every ViT SAM."""
     return MODELS.get(getattr(model, _NAME_ATTR, "vit_b"))
+
+
+class UnsupportedModel(UserError, ValueError):
+    """A tool that cannot run the model it was given; the message says what to use instead."""
+
+
+def require_sam(model: nn.Module, tool: str) -> None:
+    """Raise :class:`UnsupportedModel` unless ``model`` is a segment_anything ``Sam``, which ``tool`` (built on
+    segment_anything's ``SamPredictor`` / automatic mask generator) calls with SAM's own signatures."""
+    if not isinstance(model, Sam):
+        name = getattr(model, _NAME_ATTR, type(model).__name__)
+        raise UnsupportedModel(
+            f"{tool} runs segment_anything's predictor, which cannot run {name} (SAM 2.1). Export it with "
+            "tools/export.py --format sam and use sam2's SAM2ImagePredictor / SAM2AutomaticMaskGenerator; "
+            "samft's training and tools/evaluate.py (prompted) run it.")
 
 
 def freeze(model: Sam, *, image_encoder: bool = False, prompt_encoder: bool = False,

@@ -148,6 +148,10 @@ def test_release_layout_loads_strictly_both_ways(pair, tmp_path):
     native = export_sam(build_model(NAME, 1024), NAME, tmp_path / "out" / "native.pt")
     assert native == [tmp_path / "out" / "native.pt"]  # build_sam2's own config fits: no sidecar
     assert set(torch.load(native[0], weights_only=True)) == {"model"}
+    from samft.export import load_model
+
+    loaded = load_model(native[0])  # a release file: recognised as Hiera-T at its native 1024 px by its keys
+    assert loaded.samft_model_name == NAME and loaded.image_size == 1024
     state = dict(ours.state_dict())
     state.pop("no_mem_embed")
     torch.save({"model": state}, tmp_path / "partial.pt")
@@ -276,3 +280,11 @@ def test_frozen_encoder_with_the_embedding_cache_and_bf16_autocast(two_images, t
     assert all(np.isfinite(r["loss/total"]) for r in result.history)
     cached = list((tmp_path / "emb").rglob("*.pt"))
     assert len(cached) == 2 and torch.load(cached[0], weights_only=True).shape == (256 * 21, 4, 4)
+
+
+def test_segment_anything_tools_refuse_sam2_in_one_line(pair):
+    from samft.amg import AutomaticMaskGenerator
+    from samft.models.build import UnsupportedModel
+
+    with pytest.raises(UnsupportedModel, match="cannot run sam2_1_hiera_t .*SAM2AutomaticMaskGenerator"):
+        AutomaticMaskGenerator(pair[0])
