@@ -793,6 +793,8 @@ def _check_peft(model: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.peft={shown(spec)}: {model['name']}'s image encoder ({arch.encoder}) has no "
                           "ViT blocks to adapt; adapt only the decoder (model.peft={name: lora, targets: "
                           "[decoder]}) or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")
+    if arch is not None and arch.encoder == "hiera" and "image_encoder" in method.adapts:
+        _check_hiera_peft(spec, options, method, model["name"])
     try:
         if arch is not None:
             method.check(arch.depth)
@@ -802,6 +804,20 @@ def _check_peft(model: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.embedding_cache={shown(model['embedding_cache'])}: model.peft={shown(spec)} adapts "
                           "the image encoder, so its embeddings change every step; adapt only the decoder "
                           "(e.g. model.peft={name: lora, targets: [decoder]}) or drop the cache.")
+
+
+# PEFT on SAM 2.1's Hiera: the methods whose hooks fit its blocks (attention qkv/proj Linears; MLPs differ from
+# segment_anything's, and its parameter names are trunk.blocks.*, which the block-selecting methods do not read).
+HIERA_PEFT = {"lora": ("q", "k", "v", "qkv", "proj", "decoder"), "bias": (), "norm": ()}
+
+
+def _check_hiera_peft(spec: Any, options: dict[str, Any], method: Any, name: str) -> None:
+    kind = options["name"]
+    targets = [t for t in getattr(method, "targets", ()) if t not in HIERA_PEFT.get(kind, ())]
+    if kind not in HIERA_PEFT or targets or (kind != "lora" and getattr(method, "blocks", None) is not None):
+        raise ConfigError(f"model.peft={shown(spec)}: on {name} (SAM 2.1's Hiera) use lora with targets from "
+                          f"{', '.join(HIERA_PEFT['lora'])}, or bias / norm without blocks; or adapt only the "
+                          "decoder (model.peft={name: lora, targets: [decoder]}).")
 
 
 def _check_spec(spec: Any, registry: Registry, path: str, default_name: str | None = None) -> None:

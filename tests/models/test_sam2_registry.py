@@ -27,10 +27,19 @@ def test_recipe_is_sam2s():
     ("model.image_size=272", "model.image_size=272: use a multiple of 32"),
     ("model.name=vit_b", "loss.name=sam2: it trains SAM 2's object-score head, which vit_b has not"),
     ("eval.everything.every=10", "eval.everything.every=10: segment-everything runs segment_anything's"),
+    ("model.peft={name: lora, targets: [q, mlp]}", "on sam2_1_hiera_s .* use lora with targets from q, k, v"),
+    ("model.peft={name: adaptformer}", "on sam2_1_hiera_s .* use lora"),
+    ("model.peft={name: bias, blocks: [1]}", "bias / norm without blocks"),
 ])
 def test_what_sam2_cannot_do_is_refused_at_load(override, message):
     with pytest.raises(ConfigError, match=message):
         recipe(override)
+
+
+@pytest.mark.parametrize("peft", ["{name: lora, targets: [q, v]}", "{name: lora, rank: 8, targets: [qkv, decoder]}",
+                                  "{name: bias}", "{name: norm}"])
+def test_peft_that_fits_hiera_is_accepted(peft):
+    assert recipe(f"model.peft={peft}").model.peft.name in ("lora", "bias", "norm")
 
 
 def test_missing_sam2_package_is_one_line(monkeypatch):
