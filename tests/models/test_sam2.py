@@ -256,9 +256,10 @@ def test_sam2_learns_with_its_recipe(two_images, tmp_path):
 def test_sam2_resumes_exactly(two_images, tmp_path):
     from samft.engine.trainer import Trainer
 
-    straight = Trainer(sam2_config(two_images, tmp_path, "train.steps=4", "train.run_name=straight")).fit()
-    Trainer(sam2_config(two_images, tmp_path, "train.steps=2", "train.run_name=split")).fit()
-    resumed = Trainer(sam2_config(two_images, tmp_path, "train.steps=4", "train.run_name=split",
+    """1 step, stop, resume to 2 == 2 uninterrupted steps (clicks, AdamW state and lr schedule included)."""
+    straight = Trainer(sam2_config(two_images, tmp_path, "train.steps=2", "train.run_name=straight")).fit()
+    Trainer(sam2_config(two_images, tmp_path, "train.steps=1", "train.run_name=split")).fit()
+    resumed = Trainer(sam2_config(two_images, tmp_path, "train.steps=2", "train.run_name=split",
                                   "train.resume=auto")).fit()
     a, b = (torch.load(r.checkpoint, weights_only=True)["model"] for r in (straight, resumed))
     assert a.keys() == b.keys()
@@ -288,3 +289,32 @@ def test_segment_anything_tools_refuse_sam2_in_one_line(pair):
 
     with pytest.raises(UnsupportedModel, match="cannot run sam2_1_hiera_t .*SAM2AutomaticMaskGenerator"):
         AutomaticMaskGenerator(pair[0])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
+def test_two_ranks_train_sam2_in_step(demo_data, tmp_path):
+    """torchrun, 2 gloo ranks (tests/engine/ddp_run.py): SAM 2's loss, validation, identical weights (~40 s)."""
+    import os
+    import subprocess
+    import sys
+
+    engine_tests = REPO / "tests" / "engine"
+    sys.path.insert(0, str(engine_tests))
+    from two_ranks import TORCHRUN, kill_tree
+
+    cmd = [*TORCHRUN, str(engine_tests / "ddp_run.py"), str(demo_data), str(tmp_path), "none", "train.steps=4",
+           f"model.name={NAME}", "loss={name: sam2}",
+           "weighting={name: fixed, weights: {focal: 20.0, dice: 1.0, iou: 1.0, object_score: 1.0}}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        _, stderr = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        kill_tree(proc.pid)
+        pytest.fail("2-rank SAM 2.1 run did not finish within 300 s (a hang)")
+    assert proc.returncode == 0, stderr[-4000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 4 and r0["val_metrics"] == r1["val_metrics"]
+    assert "loss/object_score" in r0["history"][0]
+    assert all(torch.equal(r0["model"][k], r1["model"][k]) for k in r0["model"])
