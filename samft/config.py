@@ -467,7 +467,8 @@ def _model_name_rule() -> Rule:
     """Built-in models and those plugins add (entry points of ``samft.models``, listed without importing)."""
     names = MODEL_NAMES + tuple(n for n in MODELS.plugin_names() if n not in MODEL_NAMES)
     return Rule(lambda v: v in names, "one of " + ", ".join(names),
-                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM", choices=names)
+                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM, sam2_1_hiera_* SAM 2.1",
+                choices=names)
 
 
 SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 2**62",

@@ -1,11 +1,13 @@
 """The built-in entries of ``samft.registry.MODELS``: SAM ViT-B/L/H, the small ``vit_tiny``, MobileSAM's
-``vit_t`` and HQ-SAM (``hq_vit_b/l/h``, ``hq_vit_tiny``).
+``vit_t``, HQ-SAM (``hq_vit_b/l/h``, ``hq_vit_tiny``) and SAM 2.1 (``sam2_1_hiera_t/s/b_plus/l``).
 
 Each entry is a :class:`ModelSpec`: how the model is built, which released checkpoint layout it
 loads, which parts can be frozen, where layer-wise lr decay and activation checkpointing apply and
-where PEFT adapters go. Every built-in is a ``segment_anything.modeling.Sam`` (only the image encoder
-differs), so the engine calls all of them the same way (:mod:`samft.models.forward`). Sizes live in
-the torch-free table :data:`samft.archs.ARCHS`, which config validation reads.
+where PEFT adapters go. Every built-in but SAM 2.1 is a ``segment_anything.modeling.Sam`` (only the image
+encoder differs); SAM 2.1 is the ``sam2`` package's model behind the same interface
+(:mod:`samft.models.sam2_model`, imported only when one is built), so the engine calls all of them the
+same way (:mod:`samft.models.forward`). Sizes live in the torch-free table :data:`samft.archs.ARCHS`,
+which config validation reads.
 """
 
 from __future__ import annotations
@@ -172,5 +174,4 @@ for _name, _arch in ARCHS.items():
             name=_name, build=partial(build_sam2_model, _arch), release=_arch.release,
             encoder_blocks=hiera_blocks, decay_layer=hiera_decay_layer,
             peft_targets=("image_encoder.trunk.blocks.*.attn.qkv",),
-            parts=("image_encoder", "prompt_encoder", "mask_decoder"),
         ))

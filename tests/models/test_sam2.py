@@ -188,7 +188,13 @@ def test_freezing_layer_decay_and_peft_targets():
     freeze(model, image_encoder=True)
     assert not any(p.requires_grad for p in model.image_encoder.parameters())
     assert model.sam_mask_decoder.conv_s0.weight.requires_grad  # the high-res convs belong to the decoder
-    layer = spec_of(model).decay_layer
+    import fnmatch
+
+    spec = spec_of(model)
+    targets = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)
+               and any(fnmatch.fnmatchcase(n, p) for p in spec.peft_targets)]
+    assert len(targets) == len(spec.encoder_blocks(model)) == 12 and "image_encoder.trunk.blocks.0.attn.qkv" in targets
+    layer = spec.decay_layer
     assert layer(model, "trunk.patch_embed.proj.weight") == (0, 12)
     assert layer(model, "trunk.pos_embed") == (0, 12)
     assert layer(model, "trunk.blocks.5.attn.qkv.weight") == (6, 12)

@@ -43,8 +43,11 @@ def test_peft_that_fits_hiera_is_accepted(peft):
 
 
 def test_missing_sam2_package_is_one_line(monkeypatch):
+    import samft.models
     from samft.models import build_model
 
-    monkeypatch.setitem(sys.modules, "samft.models.sam2_model", None)  # as if sam2 could not be imported
+    # As if sam2 could not be imported (and no earlier test imported samft's module on top of it).
+    monkeypatch.setitem(sys.modules, "samft.models.sam2_model", None)
+    monkeypatch.delattr(samft.models, "sam2_model", raising=False)
     with pytest.raises(UserError, match="SAM 2.1 models need the sam2 package .*make setup-sam2"):
         build_model("sam2_1_hiera_t", 64)
