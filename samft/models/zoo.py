@@ -12,6 +12,7 @@ which config validation reads.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -146,12 +147,16 @@ class ModelUnavailable(UserError, ImportError):
 
 def build_sam2_model(arch: SamArch, image_size: int) -> nn.Module:
     """SAM 2.1 built by the ``sam2`` package (:mod:`samft.models.sam2_model`, imported only when needed)."""
-    try:
-        from samft.models import sam2_model
-    except ImportError as exc:
-        raise ModelUnavailable(f"SAM 2.1 models need the sam2 package ({exc}): run `make setup-sam2` (see the "
-                               "README, section The SAM family).") from None
-    return sam2_model.build(arch, image_size)
+    # hydra (sam2's config system) warns about omegaconf 2.4's renamed APIs on import and on every compose:
+    # notes for hydra's authors, not for someone training a model.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="hydra")
+        try:
+            from samft.models import sam2_model
+        except ImportError as exc:
+            raise ModelUnavailable(f"SAM 2.1 models need the sam2 package ({exc}): run `make setup-sam2` (see the "
+                                   "README, section The SAM family).") from None
+        return sam2_model.build(arch, image_size)
 
 
 def hiera_blocks(model: nn.Module) -> list[nn.Module]:
