@@ -248,8 +248,9 @@ def sam2_config(data, root, *overrides):
         *overrides])
 
 
-def test_sam2_learns_with_its_recipe(two_images, tmp_path):
+def test_sam2_learns_with_its_recipe_and_exports_for_build_sam2(two_images, tmp_path, capsys):
     from samft.engine.trainer import Trainer
+    from samft.export.cli import export_main
 
     result = Trainer(sam2_config(two_images, tmp_path, "train.steps=12")).fit()
     first, last = result.history[0], result.history[-1]
@@ -257,6 +258,13 @@ def test_sam2_learns_with_its_recipe(two_images, tmp_path):
     assert last["weight/object_score"] == 1.0 and last["weight/focal"] == 20.0
     losses = [r["loss/total"] for r in result.history]
     assert sum(losses[-2:]) / 2 < 0.6 * sum(losses[:2]) / 2, losses
+    # tools/export.py --format sam on the run: the release layout, loaded strictly by sam2's own builder.
+    assert export_main([str(result.run_dir), "--format", "sam", "--out", str(tmp_path / "ft.pt")]) == 0
+    trained = torch.load(result.checkpoint, weights_only=True)["model"]
+    exported = reference(tmp_path / "ft.pt", size=64).state_dict()
+    assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
+    assert export_main([str(result.run_dir), "--format", "onnx", "--out", str(tmp_path / "ft.onnx")]) == 2
+    assert "error: --format onnx: sam2_1_hiera_t is SAM 2.1" in capsys.readouterr().err
 
 
 def test_sam2_resumes_exactly(two_images, tmp_path):
