@@ -1,7 +1,8 @@
 """Step time and peak memory of one training step per model of the registry, at its native input size.
 
 Each model trains through the real ``Trainer.train_step`` (its own config: ``configs/mobile_sam_ft.yaml``
-for ``vit_t``, ``configs/sam_hq_ft.yaml`` for HQ-SAM, ``configs/sam_ft.yaml`` for the ViT SAMs,
+for ``vit_t``, ``configs/sam_hq_ft.yaml`` for HQ-SAM, ``configs/sam2_hiera_s_ft.yaml`` for SAM 2.1
+(``--models sam2_1_hiera_t,...``; needs the sam2 package), ``configs/sam_ft.yaml`` for the ViT SAMs,
 ``configs/demo.yaml`` for ``vit_tiny``) on one synthetic image with ``--masks`` box prompts and no
 correction rounds, in a fresh interpreter per model so that peak memory (resident set size above
 the state after building the trainer and one warm-up step: activations, gradients, optimiser state
@@ -48,7 +49,8 @@ QUICK = ("vit_tiny", "vit_t", "hq_vit_tiny")
 
 
 def config_of(name: str) -> str:
-    return CONFIGS.get(name, "sam_hq_ft.yaml" if ARCHS[name].decoder == "hq" else "sam_ft.yaml")
+    by_decoder = {"hq": "sam_hq_ft.yaml", "sam2": "sam2_hiera_s_ft.yaml"}
+    return CONFIGS.get(name, by_decoder.get(ARCHS[name].decoder, "sam_ft.yaml"))
 
 
 def native_size(name: str, quick: bool) -> int:

@@ -36,6 +36,7 @@ from segment_anything.utils.amg import (
 )
 from torchvision.ops.boxes import batched_nms, box_area
 
+from samft.models.build import require_sam
 from samft.registry import METRICS
 
 # SAM's recipe for automatic masks (segment_anything's defaults).
@@ -69,6 +70,7 @@ class AutomaticMaskGenerator(SamAutomaticMaskGenerator):
     """
 
     def __init__(self, model: Sam, output_mode: str = "coco_rle", **kwargs: Any) -> None:
+        require_sam(model, "Segment-everything")
         super().__init__(model, output_mode=output_mode, **kwargs)
         self._stability = METRICS.get("stability_score")  # the registered metric (== upstream's function)
 

@@ -25,7 +25,9 @@ class SamArch:
     """Sizes of one SAM variant (image encoder + SAM's prompt encoder and mask decoder).
 
     ``encoder`` says which image encoder: ``vit`` (segment_anything's ``ImageEncoderViT``, sized by
-    ``embed_dim`` .. ``window_size``) or ``tiny_vit`` (MobileSAM's TinyViT, sized by ``stages``).
+    ``embed_dim`` .. ``window_size``), ``tiny_vit`` (MobileSAM's TinyViT, sized by ``stages``) or
+    ``hiera`` (SAM 2.1, built by the ``sam2`` package from ``sam2_config``; ``embed_dim``, ``depth``,
+    ``num_heads`` and ``global_attn_indexes`` are Hiera's first-stage width, blocks, heads and global blocks).
     """
 
     embed_dim: int
@@ -43,7 +45,10 @@ class SamArch:
     stages: tuple[tuple[int, int, int, int], ...] = ()
     release: str = ""  # the released checkpoint file this variant loads (its key layout), for messages and docs
     decoder: str = "sam"  # "hq": HQ-SAM's mask decoder (HQ token + feature fusion) on a frozen SAM
-    upstream: str = ""  # the upstream builder that loads the release layout (what export tells users)
+    upstream: str = ""  # the upstream builder that loads the release layout (what export tells users; a
+    # "{path}" in it marks where the checkpoint goes, else it is called with checkpoint=PATH)
+    size_multiple: int = PATCH_SIZE  # input sides must be multiples of this (Hiera: 32, its coarsest stride)
+    sam2_config: str = ""  # hiera only: the sam2 package's model config that builds it
 
 
 _TINY_VIT_5M = ((64, 2, 0, 0), (128, 2, 4, 7), (160, 6, 5, 14), (320, 2, 10, 7))
@@ -72,5 +77,26 @@ ARCHS: dict[str, SamArch] = {
     "hq_vit_tiny": SamArch(96, 2, 2, (1,), window_size=8, prompt_dim=64, decoder_mlp_dim=256, decoder_heads=4,
                            fixed_image_size=None, native_image_size=128, decoder="hq"),
 }
+
+
+def _sam2(config: str, embed_dim: int, depth: int, num_heads: int, global_blocks: tuple[int, ...],
+          release: str) -> SamArch:
+    """SAM 2.1 (image path): Hiera + FPN neck, SAM 2's prompt encoder and mask decoder (with high-res
+    features and an object-score head). No fixed input size: windowed attention with interpolated
+    position embeddings runs at any multiple of 32 (the released weights were trained at 1024)."""
+    return SamArch(embed_dim, depth, num_heads, global_blocks, fixed_image_size=None, encoder="hiera",
+                   decoder="sam2", size_multiple=32, sam2_config=f"configs/sam2.1/{config}.yaml", release=release,
+                   upstream=f"sam2.build_sam.build_sam2('configs/sam2.1/{config}.yaml', ckpt_path='{{path}}')")
+
+
+# SAM 2.1 (names: sam2_1_hiera_<size>, snake_case for sam2.1_hiera_*): sizes from the sam2 package's
+# configs/sam2.1/*.yaml (Hiera stages T [1,2,7,2], S [1,2,11,2],
+# B+ [2,3,16,3], L [2,6,36,4]).
+ARCHS.update({
+    "sam2_1_hiera_t": _sam2("sam2.1_hiera_t", 96, 12, 1, (5, 7, 9), "sam2.1_hiera_tiny.pt"),
+    "sam2_1_hiera_s": _sam2("sam2.1_hiera_s", 96, 16, 1, (7, 10, 13), "sam2.1_hiera_small.pt"),
+    "sam2_1_hiera_b_plus": _sam2("sam2.1_hiera_b+", 112, 24, 2, (12, 16, 20), "sam2.1_hiera_base_plus.pt"),
+    "sam2_1_hiera_l": _sam2("sam2.1_hiera_l", 144, 48, 2, (23, 33, 43), "sam2.1_hiera_large.pt"),
+})
 
 __all__ = ["ARCHS", "PARTS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch"]

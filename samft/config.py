@@ -377,6 +377,7 @@ def _known_keys(dotted_parent: str) -> list[str]:
 # The consumers keep these choices too (tests/test_config_values.py checks that both agree).
 
 MODEL_NAMES = tuple(ARCHS)  # built-in models (samft.registry.MODELS); plugin models are added at check time
+OBJECT_SCORE_LOSSES = ("sam2", "object_score")  # losses that need the decoder's object-score logits (SAM 2)
 ATTENTIONS = ("sdpa", "eager")  # samft.models.attention
 ON_ERROR = ("skip", "raise")  # samft.data.errors
 PROMPT_MODES = ("point", "box", "point_or_box")  # samft.prompting
@@ -466,7 +467,8 @@ def _model_name_rule() -> Rule:
     """Built-in models and those plugins add (entry points of ``samft.models``, listed without importing)."""
     names = MODEL_NAMES + tuple(n for n in MODELS.plugin_names() if n not in MODEL_NAMES)
     return Rule(lambda v: v in names, "one of " + ", ".join(names),
-                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM", choices=names)
+                "the model: vit_tiny a small CPU SAM, vit_t MobileSAM, hq_* HQ-SAM, sam2_1_hiera_* SAM 2.1",
+                choices=names)
 
 
 SEED = Rule(lambda v: _is_int(v) and 0 <= v < 2**62, "a whole number >= 0 and < 2**62",
@@ -578,13 +580,21 @@ def _check_relations(values: Mapping[str, Any]) -> None:
     """Values that are only wrong together with others."""
     m, d, t = values["model"], values["data"], values["train"]
     size, arch = m["image_size"], ARCHS.get(m["name"])  # a plugin model checks its own size when it is built
-    if not _is_int(size) or size < PATCH_SIZE or size % PATCH_SIZE:
-        raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {PATCH_SIZE} "
+    multiple = arch.size_multiple if arch is not None else PATCH_SIZE
+    if not _is_int(size) or size < multiple or size % multiple:
+        raise ConfigError(f"model.image_size={shown(size)}: use a multiple of {multiple} "
                           f"(the input side after resize and pad; e.g. {(arch and arch.fixed_image_size) or 256}).")
     if arch is not None and arch.fixed_image_size is not None and size != arch.fixed_image_size:
         raise ConfigError(
             f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
             f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")
+    loss_name = values["loss"]["name"] if isinstance(values["loss"], Mapping) else values["loss"]
+    if loss_name in OBJECT_SCORE_LOSSES and arch is not None and arch.decoder != "sam2":
+        raise ConfigError(f"loss.name={loss_name}: it trains SAM 2's object-score head, which {m['name']} has not; "
+                          "use loss.name=sam (or a SAM 2 model, model.name=sam2_1_hiera_*).")
+    if arch is not None and arch.encoder == "hiera" and values["eval"]["everything"]["every"]:
+        raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: segment-everything runs "
+                          f"segment_anything's mask generator, which cannot run {m['name']} (SAM 2.1); set it to 0.")
     if t["precision"] == "fp16" and t["device"] == "cpu":
         raise ConfigError("train.precision=fp16: fp16 needs a GPU, and train.device=cpu; "
                           "use train.precision=bf16 or fp32 on a CPU.")
@@ -780,7 +790,9 @@ def _check_peft(model: Mapping[str, Any]) -> None:
     options = {"name": spec} if isinstance(spec, str) else dict(spec)
     method = PEFT.build(options)
     arch = ARCHS.get(model["name"])  # None: a plugin model, checked against its entry when it is built
-    if arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts and method.needs_vit_blocks:
+    if arch is not None and arch.encoder == "hiera" and "image_encoder" in method.adapts:
+        _check_hiera_peft(spec, options, method, model["name"])
+    elif arch is not None and arch.encoder != "vit" and "image_encoder" in method.adapts and method.needs_vit_blocks:
         raise ConfigError(f"model.peft={shown(spec)}: {model['name']}'s image encoder ({arch.encoder}) has no "
                           "ViT blocks for it; use lora (targets q, k, v, qkv or decoder), bias, norm or attention, "
                           "or choose a ViT model (vit_b, vit_l, vit_h, vit_tiny, hq_*).")
@@ -795,6 +807,20 @@ def _check_peft(model: Mapping[str, Any]) -> None:
         raise ConfigError(f"model.embedding_cache={shown(model['embedding_cache'])}: model.peft={shown(spec)} adapts "
                           "the image encoder, so its embeddings change every step; adapt only the decoder "
                           "(e.g. model.peft={name: lora, targets: [decoder]}) or drop the cache.")
+
+
+# PEFT on SAM 2.1's Hiera: the methods whose hooks fit its blocks (attention qkv/proj Linears; MLPs differ from
+# segment_anything's, and its parameter names are trunk.blocks.*, which the block-selecting methods do not read).
+HIERA_PEFT = {"lora": ("q", "k", "v", "qkv", "proj", "decoder"), "bias": (), "norm": ()}
+
+
+def _check_hiera_peft(spec: Any, options: dict[str, Any], method: Any, name: str) -> None:
+    kind = options["name"]
+    targets = [t for t in getattr(method, "targets", ()) if t not in HIERA_PEFT.get(kind, ())]
+    if kind not in HIERA_PEFT or targets or (kind != "lora" and getattr(method, "blocks", None) is not None):
+        raise ConfigError(f"model.peft={shown(spec)}: on {name} (SAM 2.1's Hiera) use lora with targets from "
+                          f"{', '.join(HIERA_PEFT['lora'])}, or bias / norm without blocks; or adapt only the "
+                          "decoder (model.peft={name: lora, targets: [decoder]}).")
 
 
 def _check_spec(spec: Any, registry: Registry, path: str, default_name: str | None = None) -> None:

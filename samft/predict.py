@@ -26,6 +26,7 @@ from segment_anything import SamPredictor
 from segment_anything.utils.amg import area_from_rle, coco_encode_rle, mask_to_rle_pytorch
 
 from samft.data import DataError
+from samft.models.build import require_sam
 from samft.registry import METRICS
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -273,6 +274,7 @@ def predict(args: argparse.Namespace) -> int:
                                f"(e.g. {next(iter(prompts), 'nothing')!r} vs {images[0].name!r}).")
         images = named
     model = load_model(args.checkpoint, select_device(args.device))
+    require_sam(model, "tools/predict.py")
     predictor = SamPredictor(model)
     generator = AutomaticMaskGenerator(
         model, points_per_side=args.points_per_side, points_per_batch=args.batch_size,

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 
 from samft.data import Batch
-from samft.models import decode_masks, output_candidates, preprocess, upscale
+from samft.models import decode_outputs, output_candidates, preprocess, upscale
 
 LOSS_RESOLUTIONS = ("low_res", "input")  # train.loss_resolution
 
@@ -23,6 +23,7 @@ class Prediction(NamedTuple):
     iou_pred: torch.Tensor  # [N, 4]
     candidates: torch.Tensor  # [N, 4] bool
     low_res: torch.Tensor  # [N, 4, h, w], what SAM feeds back as a mask prompt
+    object_score: torch.Tensor | None = None  # [N] object-present logits (SAM 2's decoder); None for SAM
 
 
 def to_device(batch: Batch, device: torch.device) -> Batch:
@@ -45,10 +46,10 @@ def predict(model: Sam, embeddings: torch.Tensor, batch: Batch, *, multimask: bo
     """
     if resolution not in LOSS_RESOLUTIONS:  # never a silent low_res for a misspelt choice
         raise ValueError(f"train.loss_resolution={resolution!r}: use one of {', '.join(LOSS_RESOLUTIONS)}.")
-    low_res, iou_pred = decode_masks(model, embeddings, batch.image_index, batch.points, batch.point_labels,
-                                     mask_inputs)
+    low_res, iou_pred, object_score = decode_outputs(model, embeddings, batch.image_index, batch.points,
+                                                     batch.point_labels, mask_inputs)
     logits = upscale(low_res, batch.images.shape[-1]) if resolution == "input" else low_res
-    return Prediction(logits, iou_pred, output_candidates(batch.point_labels, multimask), low_res)
+    return Prediction(logits, iou_pred, output_candidates(batch.point_labels, multimask), low_res, object_score)
 
 
 def loss_targets(batch: Batch, size: int) -> dict[str, torch.Tensor]:

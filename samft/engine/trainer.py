@@ -327,8 +327,10 @@ class Trainer:
         target = targets.pop("target")
         per_round = []
         for pred in predictions:
+            # SAM 2's object-score logits reach the losses that declare them, the way the IoU predictions do.
+            scores = {} if pred.object_score is None else {"object_score": pred.object_score}
             out = call_loss(self.loss_fn, pred.logits, target, iou_pred=pred.iou_pred, candidates=pred.candidates,
-                            num_masks=num_masks, step=self.step, epoch=self.epoch, **targets)
+                            num_masks=num_masks, step=self.step, epoch=self.epoch, **scores, **targets)
             per_round.append(self._terms(out))
         terms = combine_rounds(per_round, self.cfg.prompts.round_loss)
         analysis = self._term_grad_norms(terms, weights_of(self.weighting, self.step))

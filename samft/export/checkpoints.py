@@ -33,7 +33,7 @@ class ExportError(CheckpointError):
 class ResolvedCheckpoint:
     path: Path            # the weights file actually read
     state: dict[str, torch.Tensor]
-    name: str             # vit_b | vit_l | vit_h | vit_tiny
+    name: str             # a MODELS name: vit_b | vit_l | vit_h | vit_tiny | vit_t | hq_* | sam2_1_hiera_*
     image_size: int
 
 
@@ -52,7 +52,10 @@ def resolve(path: str | Path) -> ResolvedCheckpoint:
     obj = _load(path)
     if isinstance(obj, dict) and isinstance(obj.get("peft"), dict):
         return _merged_peft(path, obj)
-    if isinstance(obj, dict) and isinstance(obj.get("model"), dict):
+    if isinstance(obj, dict) and isinstance(obj.get("model"), dict) and set(obj) == {"model"} and not _run_config(path):
+        state = obj["model"]  # a release that wraps its weights (SAM 2.1's sam2.1_hiera_*.pt layout)
+        name, size = _arch_of_plain_weights(path, state)
+    elif isinstance(obj, dict) and isinstance(obj.get("model"), dict):
         state, (name, size) = obj["model"], _arch_of_training_checkpoint(path, obj)
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         state, (name, size) = obj, _arch_of_plain_weights(path, obj)
@@ -124,6 +127,11 @@ def _load(path: Path) -> Any:
         first_line = (str(exc).splitlines() or [""])[0][:200]
         raise ExportError(f"{path} could not be read as PyTorch weights ({type(exc).__name__}: {first_line}). "
                           "Pass a samft checkpoint or run folder.") from None
+
+
+def _run_config(path: Path) -> bool:
+    """Whether ``path`` sits in a samft run folder (``RUN/checkpoints/x.pt`` beside ``RUN/config.yaml``)."""
+    return (path.parent.parent / "config.yaml").is_file()
 
 
 def _arch_of_training_checkpoint(path: Path, obj: dict[str, Any]) -> tuple[str, int]:

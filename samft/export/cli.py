@@ -51,8 +51,14 @@ def _export(argv: list[str]) -> int:
             print(f"Wrote {written[1]}: no upstream registry builds {ckpt.name} at {ckpt.image_size} px; build this "
                   f"model with samft.export.load_model('{written[0]}')")
         else:
-            print(f"Load it with: {ARCHS[ckpt.name].upstream}(checkpoint='{written[0]}')")
+            upstream = ARCHS[ckpt.name].upstream
+            call = (upstream.format(path=written[0]) if "{path}" in upstream
+                    else f"{upstream}(checkpoint='{written[0]}')")
+            print(f"Load it with: {call}")
         return 0
+    if ARCHS[ckpt.name].encoder == "hiera":
+        raise ExportError(f"--format onnx: {ckpt.name} is SAM 2.1, whose decoder segment_anything's ONNX model "
+                          "(SamOnnxModel) does not describe; export it with --format sam (sam2's layout).")
     single = not args.multimask
     export_decoder_onnx(model, args.out, return_single_mask=single, opset=args.opset)
     diffs = check_decoder_onnx(model, args.out, return_single_mask=single)

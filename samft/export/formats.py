@@ -2,8 +2,9 @@
 
 ``sam``: exactly the keys and dtypes of ``Sam.state_dict()`` (what ``sam_model_registry[name]`` loads
 strictly; for ``vit_t`` MobileSAM's ``mobile_sam.pt`` layout, which MobileSAM's own ``sam_model_registry
-["vit_t"]`` loads). Models no upstream registry builds (``vit_tiny``, other input sizes) get a sidecar JSON with
-the builder arguments; ``samft.export.load_model(PATH)`` reads both.
+["vit_t"]`` loads; for SAM 2.1 ``{"model": state_dict}``, the ``sam2.1_hiera_*.pt`` layout that sam2's
+``build_sam2(config, ckpt_path=...)`` loads). Models no upstream registry builds (``vit_tiny``, other
+input sizes) get a sidecar JSON with the builder arguments; ``samft.export.load_model(PATH)`` reads both.
 
 ``onnx``: segment_anything's own ``SamOnnxModel`` (prompt encoder + mask decoder, the web demo's inputs
 and outputs), optionally the image encoder, each checked against torch with onnxruntime.
@@ -41,14 +42,16 @@ def export_sam(model: Sam, name: str, out: str | Path) -> list[Path]:
     # The model's own state dict is the reference layout; .float() undoes half-precision copies.
     state = {k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
              for k, v in model.state_dict().items()}
-    torch.save(state, out)
+    # SAM 2.1's release wraps its state dict: {"model": state_dict} (what sam2's build_sam2 reads).
+    torch.save({"model": state} if ARCHS[name].encoder == "hiera" else state, out)
     image_size = model.image_encoder.img_size
     if ARCHS[name].release and ARCHS[name].native_image_size == image_size:  # the upstream builder fits it
         return [out]
     sidecar = sidecar_path(out)
     sidecar.write_text(json.dumps({
         "name": name, "image_size": image_size, "builder": "samft.models.build_model",
-        "note": (f"segment_anything's registry builds only vit_b/l/h (MobileSAM's vit_t) at 1024 px. Build it with "
+        "note": (f"The upstream builders (segment_anything's registry, MobileSAM's, sam2's configs) build only the "
+                 f"released models at 1024 px. Build it with "
                  f"samft.models.build_model({name!r}, {image_size}).load_state_dict(torch.load(weights)) "
                  "or samft.export.load_model(weights)."),
     }, indent=2))

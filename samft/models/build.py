@@ -17,10 +17,12 @@ from segment_anything.modeling import Sam
 from torch import nn
 
 from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
+from samft.errors import UserError
 from samft.models.attention import use_attention
 from samft.registry import MODELS, did_you_mean
 
-__all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "build_model", "checkpoint_activations", "freeze", "spec_of"]
+__all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "UnsupportedModel", "build_model", "checkpoint_activations", "freeze",
+           "require_sam", "spec_of"]
 
 # The registry name a model was built under, stamped on it so the engine can look up its spec.
 _NAME_ATTR = "samft_model_name"
@@ -50,8 +52,9 @@ def build_model(name: str, image_size: int = 1024, attention: str = "eager") -> 
             f"checkpoints are for {arch.fixed_image_size}. Use model.image_size={arch.fixed_image_size} "
             "or model.name=vit_tiny."
         )
-    if image_size % PATCH_SIZE:
-        raise ValueError(f"model.image_size={image_size} must be a multiple of {PATCH_SIZE}.")
+    multiple = arch.size_multiple if arch is not None else PATCH_SIZE
+    if image_size % multiple:
+        raise ValueError(f"model.image_size={image_size} must be a multiple of {multiple}.")
     model = MODELS.get(name)(image_size)
     setattr(model, _NAME_ATTR, name)
     return use_attention(model, attention).train()
@@ -61,6 +64,21 @@ def spec_of(model: nn.Module):
     """The registry entry (``samft.models.zoo.ModelSpec``) ``model`` was built from; ``vit_b``'s for a
     SAM that ``build_model`` did not build (e.g. segment_anything's own): its rules fit every ViT SAM."""
     return MODELS.get(getattr(model, _NAME_ATTR, "vit_b"))
+
+
+class UnsupportedModel(UserError, ValueError):
+    """A tool that cannot run the model it was given; the message says what to use instead."""
+
+
+def require_sam(model: nn.Module, tool: str) -> None:
+    """Raise :class:`UnsupportedModel` unless ``model`` is a segment_anything ``Sam``, which ``tool`` (built on
+    segment_anything's ``SamPredictor`` / automatic mask generator) calls with SAM's own signatures."""
+    if not isinstance(model, Sam):
+        name = getattr(model, _NAME_ATTR, type(model).__name__)
+        raise UnsupportedModel(
+            f"{tool} runs segment_anything's predictor, which cannot run {name} (SAM 2.1). Export it with "
+            "tools/export.py --format sam and use sam2's SAM2ImagePredictor / SAM2AutomaticMaskGenerator; "
+            "samft's training and tools/evaluate.py (prompted) run it.")
 
 
 def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:

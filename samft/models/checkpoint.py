@@ -17,6 +17,7 @@ from samft.safe_load import load_failure_reason
 _EMBED_KEY = "image_encoder.patch_embed.proj.weight"  # SAM's ViT patch embedding [C, 3, 16, 16]
 _TINY_VIT_STEM_KEY = "image_encoder.patch_embed.seq.0.c.weight"  # MobileSAM's TinyViT stem conv
 _HQ_TOKEN_KEY = "mask_decoder.hf_token.weight"  # HQ-SAM's output token
+_HIERA_EMBED_KEY = "image_encoder.trunk.patch_embed.proj.weight"  # SAM 2's Hiera patch embedding [C, 3, 7, 7]
 
 
 class CheckpointError(UserError, ValueError):
@@ -81,6 +82,11 @@ def guess_arch(state: dict[str, torch.Tensor]) -> str | None:
     """Name of the SAM variant whose image-encoder width matches the checkpoint, if any."""
     if _TINY_VIT_STEM_KEY in state:
         return "vit_t"
+    if _HIERA_EMBED_KEY in state:  # SAM 2.1: Hiera's width and number of blocks
+        depth = len({k.split(".")[3] for k in state if k.startswith("image_encoder.trunk.blocks.")})
+        width = state[_HIERA_EMBED_KEY].shape[0]
+        names = [n for n, a in ARCHS.items() if a.encoder == "hiera" and (a.embed_dim, a.depth) == (width, depth)]
+        return names[0] if names else None
     weight = state.get(_EMBED_KEY)
     if weight is None:
         return None

@@ -9,6 +9,8 @@ clicks, 2/3 the top-left/bottom-right box corners (SAM 2's convention) and -1 pa
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from segment_anything.modeling import Sam
@@ -64,10 +66,17 @@ def embed_prompts(model: Sam, points: torch.Tensor, labels: torch.Tensor,
     return embedding, dense
 
 
-def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.Tensor,
-                 points: torch.Tensor, labels: torch.Tensor,
-                 mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """All four decoder outputs for every mask prompt of a batch of images.
+class Decoded(NamedTuple):
+    """The decoder's outputs for N mask prompts."""
+
+    masks: torch.Tensor  # [N, 4, 4h, 4w] low-res logits: output 0 the single-mask token, 1-3 the multimask ones
+    iou_pred: torch.Tensor  # [N, 4]
+    object_score: torch.Tensor | None = None  # [N] object-present logits (SAM 2); None for models without
+
+
+def decode_outputs(model: Sam, image_embeddings: torch.Tensor, image_index: torch.Tensor,
+                   points: torch.Tensor, labels: torch.Tensor, mask_inputs: torch.Tensor | None = None) -> Decoded:
+    """Every decoder output for every mask prompt of a batch of images.
 
     Args:
         image_embeddings: ``[B, C, h, w]`` from ``model.image_encoder``.
@@ -75,21 +84,29 @@ def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.
         points, labels, mask_inputs: as in :func:`embed_prompts`.
 
     Returns:
-        low-res mask logits ``[N, 4, 4h, 4w]`` (output 0: single-mask token; 1-3: multimask tokens)
-        and predicted IoU ``[N, 4]``. Callers choose outputs per prompt (see :func:`output_candidates`).
+        :class:`Decoded`. Callers choose outputs per prompt (see :func:`output_candidates`).
     """
     sparse, dense = embed_prompts(model, points, labels, mask_inputs)
     if points.shape[0] == 0:
         empty = image_embeddings.new_empty(0)
-        return empty, empty
+        return Decoded(empty, empty)
     # Each prompt gathers its image's embedding by index: no per-image loop, whose image list
     # (unique / nonzero) the host would have to read back from the device.
-    # A decoder with its own batched path (HQ-SAM's) declares it; SAM's decoder takes the one below.
+    # A model or decoder with its own batched path (SAM 2's, HQ-SAM's) declares it; SAM's takes the one below.
     decoder = model.mask_decoder
-    predict = getattr(decoder, "predict_per_prompt", None)
+    predict = getattr(model, "predict_per_prompt", None) or getattr(decoder, "predict_per_prompt", None)
     if predict is not None:
-        return predict(image_embeddings, image_index, model.prompt_encoder.get_dense_pe(), sparse, dense)
-    return _predict_masks(decoder, image_embeddings[image_index], model.prompt_encoder.get_dense_pe(), sparse, dense)
+        return Decoded(*predict(image_embeddings, image_index, model.prompt_encoder.get_dense_pe(), sparse, dense))
+    return Decoded(*_predict_masks(decoder, image_embeddings[image_index], model.prompt_encoder.get_dense_pe(),
+                                   sparse, dense))
+
+
+def decode_masks(model: Sam, image_embeddings: torch.Tensor, image_index: torch.Tensor,
+                 points: torch.Tensor, labels: torch.Tensor,
+                 mask_inputs: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-res mask logits ``[N, 4, 4h, 4w]`` and predicted IoU ``[N, 4]`` of :func:`decode_outputs`."""
+    decoded = decode_outputs(model, image_embeddings, image_index, points, labels, mask_inputs)
+    return decoded.masks, decoded.iou_pred
 
 
 def _predict_masks(decoder, src: torch.Tensor, image_pe: torch.Tensor, sparse: torch.Tensor,

@@ -1,15 +1,18 @@
 """The built-in entries of ``samft.registry.MODELS``: SAM ViT-B/L/H, the small ``vit_tiny``, MobileSAM's
-``vit_t`` and HQ-SAM (``hq_vit_b/l/h``, ``hq_vit_tiny``).
+``vit_t``, HQ-SAM (``hq_vit_b/l/h``, ``hq_vit_tiny``) and SAM 2.1 (``sam2_1_hiera_t/s/b_plus/l``).
 
 Each entry is a :class:`ModelSpec`: how the model is built, which released checkpoint layout it
 loads, which parts can be frozen, where layer-wise lr decay and activation checkpointing apply and
-where PEFT adapters go. Every built-in is a ``segment_anything.modeling.Sam`` (only the image encoder
-differs), so the engine calls all of them the same way (:mod:`samft.models.forward`). Sizes live in
-the torch-free table :data:`samft.archs.ARCHS`, which config validation reads.
+where PEFT adapters go. Every built-in but SAM 2.1 is a ``segment_anything.modeling.Sam`` (only the image
+encoder differs); SAM 2.1 is the ``sam2`` package's model behind the same interface
+(:mod:`samft.models.sam2_model`, imported only when one is built), so the engine calls all of them the
+same way (:mod:`samft.models.forward`). Sizes live in the torch-free table :data:`samft.archs.ARCHS`,
+which config validation reads.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -19,6 +22,7 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 from torch import nn
 
 from samft.archs import ARCHS, PARTS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD, SamArch
+from samft.errors import UserError
 from samft.models.hq_sam import HQ_PARAMETERS, HQImageEncoderViT, MaskDecoderHQ
 from samft.models.tiny_vit import TinyViT
 from samft.registry import MODELS
@@ -155,3 +159,44 @@ MODELS.register("vit_t")(ModelSpec(
     encoder_blocks=tiny_vit_blocks, decay_layer=tiny_vit_decay_layer,
     peft_targets=("image_encoder.layers.*.blocks.*.attn.qkv",), qkv_rows=per_head_qkv,
 ))
+
+
+class ModelUnavailable(UserError, ImportError):
+    """A registered model whose optional package is not installed; the message says how to install it."""
+
+
+def build_sam2_model(arch: SamArch, image_size: int) -> nn.Module:
+    """SAM 2.1 built by the ``sam2`` package (:mod:`samft.models.sam2_model`, imported only when needed)."""
+    # hydra (sam2's config system) warns about omegaconf 2.4's renamed APIs on import and on every compose:
+    # notes for hydra's authors, not for someone training a model.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", module="hydra")
+        try:
+            from samft.models import sam2_model
+        except ImportError as exc:
+            raise ModelUnavailable(f"SAM 2.1 models need the sam2 package ({exc}): run `make setup-sam2` (see the "
+                                   "README, section The SAM family).") from None
+        return sam2_model.build(arch, image_size)
+
+
+def hiera_blocks(model: nn.Module) -> list[nn.Module]:
+    return list(model.image_encoder.trunk.blocks)
+
+
+def hiera_decay_layer(model: nn.Module, name: str) -> tuple[int, int]:
+    """Hiera as SAM 2's ``layer_decay_param_modifier``: 0 = patch and position embeddings, block ``i`` =
+    ``i + 1``, the FPN neck = depth + 1."""
+    depth = len(model.image_encoder.trunk.blocks)
+    parts = name.split(".")
+    if parts[:2] == ["trunk", "blocks"]:
+        return int(parts[2]) + 1, depth
+    return (depth + 1 if parts[0] == "neck" else 0), depth
+
+
+for _name, _arch in ARCHS.items():
+    if _arch.encoder == "hiera":
+        MODELS.register(_name)(ModelSpec(
+            name=_name, build=partial(build_sam2_model, _arch), release=_arch.release,
+            encoder_blocks=hiera_blocks, decay_layer=hiera_decay_layer,
+            peft_targets=("image_encoder.trunk.blocks.*.attn.qkv",),
+        ))

@@ -36,8 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
 PYTHON = re.compile(r"^(?:\.venv/bin/)?python3?(?=\s)")
-# Released checkpoints of the SAM family: Meta's SAM, MobileSAM's, HQ-SAM's.
-META_CHECKPOINT = re.compile(r"model\.checkpoint=\S*(sam_vit_[blh]_\w+\.pth|mobile_sam\.pt|sam_hq_vit_[blh]\.pth)")
+# Released checkpoints of the SAM family: Meta's SAM, MobileSAM's, HQ-SAM's, SAM 2.1's.
+META_CHECKPOINT = re.compile(
+    r"model\.checkpoint=\S*(sam_vit_[blh]_\w+\.pth|mobile_sam\.pt|sam_hq_vit_[blh]\.pth|sam2\.1_hiera_\w+\.pt)")
 SKIPS = [  # (pattern of a command, why it cannot run here)
     (re.compile(r"^make test\b"), "it is this test suite"),
     (re.compile(r"^(\.venv/bin/)?torchrun\b"), "needs GPUs (8 processes per node)"),
