@@ -42,7 +42,11 @@ def _measured(cfg, tmp_path: Path) -> int:
     ("model.attention=sdpa", "model.activation_checkpointing=true"),
     ("model.attention=eager", "train.precision=bf16"),
     ("model.freeze_image_encoder=true", "prompts.correction_clicks=2", "prompts.extra_rounds=1"),
-], ids=["eager-fp32", "sdpa-checkpointing", "eager-bf16", "frozen-encoder-4-rounds"])
+    ("model.attention=sdpa", "model.activation_checkpointing=true", "model.decoder_checkpointing=true",
+     "data.max_masks=16"),
+    ("model.attention=eager", "model.decoder_checkpointing=true", "train.precision=bf16"),
+], ids=["eager-fp32", "sdpa-checkpointing", "eager-bf16", "frozen-encoder-4-rounds", "sdpa-checkpointing-decoder-too",
+        "eager-bf16-decoder-checkpointing"])
 def test_estimate_within_25_percent_of_a_measured_step(demo_data, tmp_path, overrides):
     torch.manual_seed(0)
     cfg = _config(demo_data, tmp_path, *overrides)
@@ -66,6 +70,9 @@ def test_estimate_follows_what_the_config_builds(demo_data, tmp_path):
     assert frozen.attention == 0 and frozen.encoder == 0  # nothing of a frozen encoder is kept for backward
     more_rounds = estimate(_config(demo_data, tmp_path, "prompts.correction_clicks=3"), "cpu")
     assert more_rounds.decoder > lean.decoder
+    recomputed = estimate(_config(demo_data, tmp_path, "model.decoder_checkpointing=true"), "cpu")
+    assert recomputed.decoder < lean.decoder / 3 and recomputed.recompute > 0 and lean.recompute == 0
+    assert recomputed.peak < lean.peak and recomputed.trainable == lean.trainable
 
 
 def test_plan_picks_the_cheapest_settings_that_fit(demo_data, tmp_path):

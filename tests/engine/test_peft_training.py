@@ -153,6 +153,24 @@ def test_decoder_lora_with_a_frozen_encoder_and_the_embedding_cache(demo_data, t
     assert any(not torch.equal(before[k], after[k]) for k in before if ".lora.b." in k)
 
 
+@pytest.mark.parametrize("overrides", [
+    ("model.peft={name: lora, rank: 2, dropout: 0.1, targets: [q, v, decoder]}", "model.activation_checkpointing=true"),
+    ("model.peft={name: lora, targets: [decoder]}", "model.freeze_image_encoder=true", "model.embedding_cache=cache"),
+], ids=["lora-dropout-encoder-checkpointing", "decoder-lora-embedding-cache"])
+def test_decoder_checkpointing_trains_exactly_as_without(demo_data, tmp_path, overrides):
+    """3 steps of 3 rounds recomputing the decoder in backward end on the same weights, bit for bit."""
+    weights = []
+    for on in ("false", "true"):
+        cfg = tiny_config(demo_data, tmp_path, "train.steps=3", *overrides, f"model.decoder_checkpointing={on}",
+                          f"train.run_name=decoder-checkpointing-{on}")
+        trainer = Trainer(cfg, project_root=tmp_path)
+        trainer.fit()
+        weights.append(trainer.model.state_dict())
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
 def test_evaluate_and_export_a_lora_run(demo_data, tmp_path, capsys):
     result = Trainer(tiny_config(demo_data, tmp_path, "train.steps=2", LORA)).fit()
     adapted = model_from_config(_run_config(result), tmp_path).eval()
