@@ -28,7 +28,7 @@ and ``benchmarks/bench_memory.py``.
 Assumptions: every image carries ``data.max_masks`` masks (the worst case); ``precision: auto``
 counts as bf16 on CUDA (what it picks on GPUs from Ampere on) and fp32 on a CPU; under autocast,
 activations are counted in half precision except the fp32 softmax of the eager attention. Not
-counted: the kernel libraries' per-process scratch (oneDNN's matmul buffers and the CPU flash
+counted: the kernel libraries' per-process scratch (the CPU matmul kernels' and the CPU flash
 attention's on a CPU, cuBLAS workspaces on CUDA), allocated at the first op of a size and kept for the
 process's life: ~22 MiB on a CPU at 1 thread, whatever the model.
 """

@@ -32,7 +32,7 @@ def _measured(cfg, tmp_path: Path) -> int:
     """The step's peak on top of what the process held before its model was built.
 
     A throw-away step of the same config runs first: the CPU kernel libraries allocate per-process
-    scratch at the first matmul / attention of a size (~22 MiB at 1 thread: oneDNN's bmm and addmm, the
+    scratch at the first matmul / attention of a size (~22 MiB at 1 thread: the matmul kernels' (bmm, addmm) and the
     flash attention's buffers) and keep it for good. The planner does not count it (it is no tensor of
     the step and does not grow with the model); without the warm-up, whichever config ran first in the
     process carried it: ~25% of a vit_tiny step at 512 px, 0.2% of ViT-B's.
