@@ -1,6 +1,7 @@
 """Peak memory and time of one training step: segment_anything's attention (baseline) vs the lean attention,
-LoRA and LoRA + lean attention + activation checkpointing, each measured in the same run; and the memory
-planner's estimate of each against the measured peak.
+activation checkpointing (encoder blocks; encoder blocks and decoder rounds), LoRA and LoRA + lean attention +
+both checkpointings, each measured in the same run; and the memory planner's estimate of each against the
+measured peak.
 
 One step = ``Trainer.train_step``: image encoder, the interactive rounds (prompt encoder + mask decoder per
 round), SAM's loss, backward, AdamW. Default: ViT-B at 1024 px, 1 image, 16 masks, 2 rounds (1 correction
@@ -37,14 +38,15 @@ from samft.engine.memory_plan import estimate, gib  # noqa: E402
 from samft.engine.trainer import Trainer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+LEAN_CHECKPOINTED = ["model.attention=sdpa", "model.activation_checkpointing=true", "model.decoder_checkpointing=true"]
 ROWS = {
     "full fine-tuning, segment_anything's attention (baseline)": ["model.attention=eager"],
     "full fine-tuning, lean attention": ["model.attention=sdpa"],
-    "full fine-tuning, lean attention + activation checkpointing": ["model.attention=sdpa",
-                                                                    "model.activation_checkpointing=true"],
+    "full fine-tuning, lean attention + encoder checkpointing": ["model.attention=sdpa",
+                                                                 "model.activation_checkpointing=true"],
+    "full fine-tuning, lean attention + encoder and decoder checkpointing": LEAN_CHECKPOINTED,
     "LoRA, segment_anything's attention": ["model.attention=eager", "model.peft={name: lora}"],
-    "LoRA + lean attention + activation checkpointing": ["model.attention=sdpa", "model.activation_checkpointing=true",
-                                                         "model.peft={name: lora}"],
+    "LoRA + lean attention + encoder and decoder checkpointing": [*LEAN_CHECKPOINTED, "model.peft={name: lora}"],
 }
 
 

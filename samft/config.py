@@ -56,6 +56,7 @@ class ModelConfig:
     freeze_prompt_encoder: bool = False
     freeze_mask_decoder: bool = False
     activation_checkpointing: bool = False  # recompute encoder block activations in backward (saves memory)
+    decoder_checkpointing: bool = False  # recompute each round's decoder activations in backward (per mask)
     attention: str = "sdpa"  # sdpa: exact, never stores the [N, N] attention (samft.models.attention) | eager
     embedding_cache: Optional[str] = None  # folder caching image embeddings (frozen encoder, no augment)
     peft: Any = None  # a PEFT method, {name: lora, rank: 4, ...} or a bare name; None = full fine-tuning

@@ -10,13 +10,15 @@ storage once). From these:
 * parameters: every weight and buffer (fp32); gradients: 4 bytes per trainable weight; optimiser
   state: AdamW's two moments, 8 bytes per trainable weight;
 * activations: what the encoder saves outside its attention, ``rounds`` x the decoder's saved tensors
-  for all masks, each round's kept outputs and loss inputs, and the batch itself;
+  for all masks (with decoder checkpointing only each round's fed-back mask prompt, the checkpoint's
+  input), each round's kept outputs and loss inputs, and the batch itself;
 * attention: what the encoder's attention modules save (segment_anything's eager attention keeps a
   ``[heads, N, N]`` matrix per block; the lean ``sdpa`` attention keeps only its queries, keys, values
   and output, counted as the fused kernel every supported device uses);
 * transient: the largest temporaries of backward (two attention-sized buffers of one block, the
-  recomputed block with activation checkpointing, the loss's gradients) and, with bf16/fp16 autocast,
-  the half-precision copies of the weights.
+  recomputed block with activation checkpointing, the loss's gradients, one round's recomputed decoder
+  activations with decoder checkpointing) and, with bf16/fp16 autocast, the half-precision copies of
+  the weights.
 
 The step's peak is ``parameters + optimiser + max(activations + attention + transient, 2 x gradients)``:
 the start of backward (every activation alive) or the optimiser step (gradients and AdamW's
@@ -25,7 +27,10 @@ and ``benchmarks/bench_memory.py``.
 
 Assumptions: every image carries ``data.max_masks`` masks (the worst case); ``precision: auto``
 counts as bf16 on CUDA (what it picks on GPUs from Ampere on) and fp32 on a CPU; under autocast,
-activations are counted in half precision except the fp32 softmax of the eager attention.
+activations are counted in half precision except the fp32 softmax of the eager attention. Not
+counted: the kernel libraries' per-process scratch (the CPU matmul kernels' and the CPU flash
+attention's on a CPU, cuBLAS workspaces on CUDA), allocated at the first op of a size and kept for the
+process's life: ~22 MiB on a CPU at 1 thread, whatever the model.
 """
 
 from __future__ import annotations
@@ -63,9 +68,10 @@ class Estimate:
 
     Backward runs through the decoder rounds first, freeing their activations, then through the
     encoder, whose attention gradients need a workspace. So the peak is the largest of three moments
-    on top of the weights and the optimiser state: the start of backward (all activations and the
-    loss's gradients), the encoder's backward (its activations and the workspace) and the optimiser
-    step (gradients and AdamW's temporaries, as large again).
+    on top of the weights and the optimiser state: the start of backward (all activations, the loss's
+    gradients and, with decoder checkpointing, one round's recomputed decoder activations), the
+    encoder's backward (its activations and the workspace) and the optimiser step (gradients and
+    AdamW's temporaries, as large again).
     """
 
     parameters: int  # every weight and buffer (fp32)
@@ -75,6 +81,7 @@ class Estimate:
     decoder: int  # every round's decoder activations, kept outputs and loss inputs, and the batch
     attention: int  # saved inside the encoder's attention modules
     loss_transient: int  # the loss's gradients at the start of backward
+    recompute: int  # with decoder checkpointing: one round's decoder activations, recomputed in backward
     workspace: int  # the encoder's backward: one block's attention gradients (+ the recomputed block)
     weight_copies: int  # half-precision copies of the weights under bf16/fp16 autocast
     trainable: int  # trainable weights (count)
@@ -87,7 +94,7 @@ class Estimate:
     @property
     def moments(self) -> dict[str, int]:
         """Bytes on top of the weights and optimiser state at each candidate moment of the peak."""
-        return {"start of backward": self.activations + self.attention + self.loss_transient,
+        return {"start of backward": self.activations + self.attention + self.loss_transient + self.recompute,
                 "encoder backward": self.encoder + self.attention + self.workspace,
                 "optimiser step": 2 * self.gradients}
 
@@ -95,7 +102,8 @@ class Estimate:
     def transient(self) -> int:
         """The temporaries at the peak's moment (what the breakdown's other rows do not hold)."""
         moment = max(self.moments, key=self.moments.get)
-        return {"start of backward": self.loss_transient, "encoder backward": self.workspace - self.decoder,
+        return {"start of backward": self.loss_transient + self.recompute,
+                "encoder backward": self.workspace - self.decoder,
                 "optimiser step": 2 * self.gradients - self.activations - self.attention}[moment] + self.weight_copies
 
     @property
@@ -290,19 +298,25 @@ def _combine(cfg: DictConfig, p: _Profile, device: str) -> Estimate:
     later = p.decoder_later if pr.feed_back_mask else p.decoder_first
     res = size // 4 if cfg.train.loss_resolution == "low_res" else size
     logits = masks * 4 * res * res * 4  # fp32 logits of one round, kept with its prediction for the loss
-    decoder = masks * (p.decoder_first + (rounds - 1) * later) + rounds * 2 * logits  # + the loss's saved inputs
+    half = _precision(cfg, device) in HALF
+    if cfg.model.decoder_checkpointing:  # each round keeps only its inputs; backward recomputes one round at once
+        fed_back = masks * (size // 4) ** 2 * (2 if half else 4) if pr.feed_back_mask else 0
+        decoder = (rounds - 1) * fed_back + rounds * 2 * logits
+        recompute = masks * max(p.decoder_first, later)
+    else:
+        decoder = masks * (p.decoder_first + (rounds - 1) * later) + rounds * 2 * logits  # + the loss's saved inputs
+        recompute = 0
     batch = images * (3 + 1) * size * size + masks * size * size  # uint8 images, bool valid and masks
     if cfg.model.activation_checkpointing and p.blocks:
         encoder = p.encoder_other + sum(p.block_inputs)
         attention = 0
-        recompute = max(b + a for b, a in zip(p.blocks, p.attention, strict=True))
+        block = max(b + a for b, a in zip(p.blocks, p.attention, strict=True))
     else:
-        encoder, attention, recompute = p.encoder_other + sum(p.blocks), sum(p.attention), 0
-    workspace = 2 * max(p.attention, default=0) + recompute  # one block's attention gradients in backward
-    half = _precision(cfg, device) in HALF
+        encoder, attention, block = p.encoder_other + sum(p.blocks), sum(p.attention), 0
+    workspace = 2 * max(p.attention, default=0) + block  # one block's attention gradients in backward
     return Estimate(parameters=4 * p.params + p.buffers, gradients=4 * p.trainable, optimizer=8 * p.trainable,
                     encoder=encoder * images, decoder=decoder + batch, attention=attention * images,
-                    loss_transient=2 * logits, workspace=workspace * images,
+                    loss_transient=2 * logits, recompute=recompute, workspace=workspace * images,
                     weight_copies=2 * p.params if half else 0, trainable=p.trainable, total=p.params)
 
 
@@ -321,7 +335,8 @@ class Candidate:
 
 
 #: Changes the planner tries, cheapest first: (override, cost). The lean attention is exact and not
-#: slower; bf16 keeps the fp32 master weights; checkpointing costs about one more encoder forward;
+#: slower; bf16 keeps the fp32 master weights; checkpointing costs about one more encoder forward
+#: (encoder) or one more decoder forward per round (decoder: ~4 s of a ~57 s ViT-B step at 16 masks on a CPU);
 #: LoRA trains fewer weights; fewer masks or images per step change SAM's recipe.
 PEFT_CANDIDATES = ("{name: lora, rank: 8}", "{name: lora, rank: 8, targets: [q, v]}")
 
@@ -332,6 +347,7 @@ def _knobs(cfg: DictConfig, device: str) -> list[list[tuple[str | None, int]]]:
         [(None, 0)] + ([("model.attention=sdpa", 0)] if m.attention != "sdpa" else []),
         [(None, 0)] + ([("train.precision=bf16", 1)] if _precision(cfg, device) not in HALF else []),
         [(None, 0)] + ([("model.activation_checkpointing=true", 2)] if not m.activation_checkpointing else []),
+        [(None, 0)] + ([("model.decoder_checkpointing=true", 2)] if not m.decoder_checkpointing else []),
         [(None, 0)] + [(f"model.peft={spec}", 3) for spec in PEFT_CANDIDATES],
     ]
     masks = [d.max_masks // 2**k for k in range(1, 4) if d.max_masks // 2**k >= 1]
@@ -415,7 +431,7 @@ def describe(result: Plan, budget: int, device: str, top: int = 5) -> str:
     lines = [
         f"one training step of {m.name} at {m.image_size} px, {d.batch_size} image(s) x {d.max_masks} masks, "
         f"{rounds} rounds, {_precision(cfg, device)} on {device}: attention {m.attention}, activation checkpointing "
-        f"{'on' if m.activation_checkpointing else 'off'}, peft {shown(peft) if peft else 'none (full fine-tuning)'}",
+        f"{_checkpointed(m)}, peft {shown(peft) if peft else 'none (full fine-tuning)'}",
         f"weights: {est.total / 1e6:.1f}M, trainable {est.trainable / 1e6:.2f}M",
         "",
         "| memory | estimate |",
@@ -437,6 +453,11 @@ def describe(result: Plan, budget: int, device: str, top: int = 5) -> str:
     if result.refused:
         lines += ["", f"not tried (the config does not accept them): {', '.join(result.refused)}"]
     return "\n".join(lines)
+
+
+def _checkpointed(m: DictConfig) -> str:
+    parts = [name for name, on in (("encoder", m.activation_checkpointing), ("decoder", m.decoder_checkpointing)) if on]
+    return " + ".join(parts) if parts else "off"
 
 
 def gib(n: int) -> str:

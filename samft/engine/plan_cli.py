@@ -36,7 +36,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tools/plan_memory.py", description=(
         "Estimate the peak memory of one training step of CONFIG (parameters, gradients, optimiser state, "
         "activations, attention) and list the cheapest settings that fit --budget: the lean attention, "
-        "bf16, activation checkpointing, PEFT (model.peft, when the config accepts it), fewer masks per "
+        "bf16, activation checkpointing of the encoder and of the decoder, PEFT (model.peft), fewer masks per "
         "image, smaller batches. The model is built from the config on the meta device: nothing is "
         "allocated and no checkpoint is read."))
     p.add_argument("config", help="a training config, e.g. configs/sam_ft.yaml")

@@ -166,8 +166,8 @@ class Trainer:
     # -- building ---------------------------------------------------------------------------
     def _model(self) -> torch.nn.Module:
         model = model_from_config(self.cfg, self.root)  # frozen parts and PEFT applied there
-        if self.cfg.model.activation_checkpointing:
-            checkpoint_activations(model)
+        m = self.cfg.model
+        checkpoint_activations(model, encoder=m.activation_checkpointing, decoder=m.decoder_checkpointing)
         trainable, total = parameter_counts(model)
         self.param_counts = {"trainable_params": trainable, "total_params": total}
         if self.dist.is_main:

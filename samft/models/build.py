@@ -19,6 +19,7 @@ from torch import nn
 from samft.archs import ARCHS, PATCH_SIZE, PIXEL_MEAN, PIXEL_STD
 from samft.errors import UserError
 from samft.models.attention import use_attention
+from samft.models.forward import CHECKPOINTED
 from samft.registry import MODELS, did_you_mean
 
 __all__ = ["ARCHS", "PIXEL_MEAN", "PIXEL_STD", "UnsupportedModel", "build_model", "checkpoint_activations", "freeze",
@@ -127,14 +128,24 @@ def _train_frozen(self: nn.Module, mode: bool = True) -> nn.Module:
     return nn.Module.train(self, False)
 
 
-def checkpoint_activations(model: Sam) -> None:
-    """Recompute each image-encoder block's activations in backward instead of storing them.
+def checkpoint_activations(model: Sam, *, encoder: bool = True, decoder: bool = False) -> None:
+    """Recompute activations in backward instead of storing them; gradients are unchanged.
 
-    Trades one extra encoder forward for the memory of every block's activations: what makes ViT-H
-    at 1024 px and 64 masks fit on smaller GPUs. Gradients are unchanged (non-reentrant checkpoint).
+    Args:
+        encoder: Each image-encoder block's (one more encoder forward): what makes ViT-H at 1024 px
+            fit on smaller GPUs.
+        decoder: Each interactive round's prompt encoder and mask decoder call
+            (:func:`samft.models.forward.decode_masks`, one more decoder forward per round): what the
+            decoder keeps is per mask, about 100 MB per mask and round at 1024 px in fp32.
+
+    Non-reentrant ``torch.utils.checkpoint``: exact, also under autocast and with dropout (LoRA's).
     """
+    if decoder:
+        setattr(model.mask_decoder, CHECKPOINTED, True)
+    if not encoder:
+        return
     for block in spec_of(model).encoder_blocks(model):
-        if getattr(block, "_samft_checkpointed", False):
+        if getattr(block, CHECKPOINTED, False):
             continue
         plain_forward = block.forward
 
@@ -144,4 +155,4 @@ def checkpoint_activations(model: Sam) -> None:
             return torch.utils.checkpoint.checkpoint(_plain, x, use_reentrant=False)
 
         block.forward = forward
-        block._samft_checkpointed = True
+        setattr(block, CHECKPOINTED, True)

@@ -13,9 +13,13 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from segment_anything.modeling import Sam
 
 from samft.prompting import BOX_BOTTOM_RIGHT, BOX_TOP_LEFT, NEGATIVE, PAD, POSITIVE
+
+#: Set on a module whose activations are recomputed in backward (an encoder block, the mask decoder).
+CHECKPOINTED = "_samft_checkpointed"
 
 
 def preprocess(model: Sam, images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -78,6 +82,12 @@ def decode_outputs(model: Sam, image_embeddings: torch.Tensor, image_index: torc
                    points: torch.Tensor, labels: torch.Tensor, mask_inputs: torch.Tensor | None = None) -> Decoded:
     """Every decoder output for every mask prompt of a batch of images.
 
+    With the decoder's activation checkpointing on (:func:`samft.models.checkpoint_activations` with
+    ``decoder=True``) and gradients enabled, the whole call (prompt encoder and mask decoder) keeps
+    nothing for backward but its inputs and recomputes its activations there: they are per mask
+    (the decoder attends over each prompt's own copy of the image embedding), so at 16 masks they
+    outweigh the whole image encoder's. Outputs and gradients are the same either way.
+
     Args:
         image_embeddings: ``[B, C, h, w]`` from ``model.image_encoder``.
         image_index: ``[N]`` long, the image of each prompt.
@@ -86,10 +96,20 @@ def decode_outputs(model: Sam, image_embeddings: torch.Tensor, image_index: torc
     Returns:
         :class:`Decoded`. Callers choose outputs per prompt (see :func:`output_candidates`).
     """
-    sparse, dense = embed_prompts(model, points, labels, mask_inputs)
     if points.shape[0] == 0:
         empty = image_embeddings.new_empty(0)
         return Decoded(empty, empty)
+    if torch.is_grad_enabled() and getattr(model.mask_decoder, CHECKPOINTED, False):
+        # Non-reentrant: exact with parameters that are not inputs, under autocast, and it replays
+        # the RNG (LoRA dropout) on the inputs' device in the recomputation.
+        return torch.utils.checkpoint.checkpoint(_decode, model, image_embeddings, image_index, points, labels,
+                                                 mask_inputs, use_reentrant=False)
+    return _decode(model, image_embeddings, image_index, points, labels, mask_inputs)
+
+
+def _decode(model: Sam, image_embeddings: torch.Tensor, image_index: torch.Tensor, points: torch.Tensor,
+            labels: torch.Tensor, mask_inputs: torch.Tensor | None) -> Decoded:
+    sparse, dense = embed_prompts(model, points, labels, mask_inputs)
     # Each prompt gathers its image's embedding by index: no per-image loop, whose image list
     # (unique / nonzero) the host would have to read back from the device.
     # A model or decoder with its own batched path (SAM 2's, HQ-SAM's) declares it; SAM's takes the one below.

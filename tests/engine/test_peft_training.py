@@ -153,6 +153,27 @@ def test_decoder_lora_with_a_frozen_encoder_and_the_embedding_cache(demo_data, t
     assert any(not torch.equal(before[k], after[k]) for k in before if ".lora.b." in k)
 
 
+@pytest.mark.parametrize("overrides", [
+    ("model.peft={name: lora, rank: 2, dropout: 0.1, targets: [q, v, decoder]}", "model.activation_checkpointing=true"),
+    ("model.peft={name: lora, targets: [decoder]}", "model.freeze_image_encoder=true", "model.embedding_cache=cache"),
+    ("weighting={name: gradnorm}", "train.grad_analysis_every=1"),  # autograd.grad through the recomputation
+], ids=["lora-dropout-encoder-checkpointing", "decoder-lora-embedding-cache", "gradnorm-grad-analysis"])
+def test_decoder_checkpointing_trains_exactly_as_without(demo_data, tmp_path, overrides):
+    """3 steps of 3 rounds recomputing the decoder in backward end on the same weights, bit for bit."""
+    weights, history = [], []
+    for on in ("false", "true"):
+        cfg = tiny_config(demo_data, tmp_path, "train.steps=3", *overrides, f"model.decoder_checkpointing={on}",
+                          f"train.run_name=decoder-checkpointing-{on}", "tracking.log_every=1")
+        trainer = Trainer(cfg, project_root=tmp_path)
+        history.append([{k: v for k, v in h.items() if not k.endswith(("_s", "time"))} for h in trainer.fit().history])
+        weights.append(trainer.model.state_dict())
+    assert history[0] == history[1]  # losses, gradient norms (per term with grad analysis), weightings
+    assert "train.grad_analysis_every=1" not in overrides or any(k.startswith("grad_norm/") for k in history[1][-1])
+    assert weights[0].keys() == weights[1].keys()
+    for key in weights[0]:
+        assert torch.equal(weights[0][key], weights[1][key]), key
+
+
 def test_evaluate_and_export_a_lora_run(demo_data, tmp_path, capsys):
     result = Trainer(tiny_config(demo_data, tmp_path, "train.steps=2", LORA)).fit()
     adapted = model_from_config(_run_config(result), tmp_path).eval()

@@ -167,3 +167,53 @@ def test_activation_checkpointing_keeps_gradients():
         assert len(calls) == len(model.image_encoder.blocks) * (2 if checkpointed else 1)
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], msg=name)
+
+
+@pytest.mark.parametrize("case", ["fp32", "bf16_autocast", "hq_sam", "lora_decoder_dropout", "cached_embeddings"])
+def test_decoder_checkpointing_keeps_loss_and_gradients(case):
+    """Two interactive rounds (the second fed the first's mask) give the same loss and gradients with the
+    decoder's activations recomputed in backward, and the decoder does run again there."""
+    from samft.models import apply_peft, checkpoint_activations
+
+    name = "hq_vit_tiny" if case == "hq_sam" else "vit_tiny"
+    results = []
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        model = build_model(name, 64)
+        if case == "lora_decoder_dropout":
+            apply_peft(model, {"name": "lora", "dropout": 0.2, "targets": ["decoder"]})
+            with torch.no_grad():  # LoRA's B starts at zero: give the adapters a gradient path to A
+                for n, p in model.named_parameters():
+                    if ".lora." in n:
+                        p.normal_(0, 0.05)
+        if checkpointed:
+            checkpoint_activations(model, encoder=False, decoder=True)
+        runs = []
+        model.mask_decoder.transformer.register_forward_pre_hook(lambda *_, runs=runs: runs.append(1))
+        g = torch.Generator().manual_seed(1)
+        images = torch.randint(0, 256, (2, 3, 64, 64), generator=g).to(torch.uint8)
+        index, points = torch.tensor([0, 1, 1]), torch.rand(3, 2, 2, generator=g) * 64
+        labels = torch.tensor([[1, -1], [2, 3], [1, 0]])
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=case == "bf16_autocast")
+        torch.manual_seed(5)  # LoRA's dropout masks: the checkpoint replays them in the recomputation
+        with autocast:
+            if case == "cached_embeddings":  # the embedding cache: embeddings without gradient
+                with torch.no_grad():
+                    emb = model.image_encoder(preprocess(model, images, torch.ones(2, 64, 64, dtype=torch.bool)))
+            else:
+                emb = model.image_encoder(preprocess(model, images, torch.ones(2, 64, 64, dtype=torch.bool)))
+            first, iou = decode_masks(model, emb, index, points, labels)
+            second, iou2 = decode_masks(model, emb, index, points, labels, first[:, :1].detach())
+            loss = (first.float().square().mean() + second.float().sigmoid().mean() + iou.float().sum()
+                    + iou2.float().sum())
+        loss.backward()
+        assert len(runs) == (4 if checkpointed else 2)
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        assert grads and any(n.startswith("mask_decoder.") for n in grads)
+        assert case != "lora_decoder_dropout" or any(".lora." in n for n in grads)
+        results.append((loss.detach(), grads))
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    assert torch.equal(loss_ckpt, loss)
+    assert grads_ckpt.keys() == grads.keys()
+    for n in grads:
+        assert torch.equal(grads_ckpt[n], grads[n]), n
