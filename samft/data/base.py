@@ -5,9 +5,9 @@ A reader (``sa1b``, ``sa1b_tar``, ``coco``, ``label_images``, or a plugin regist
 :class:`MaskDataset` and implements :meth:`MaskDataset._index` (one record per image, see
 :data:`RECORD_KEYS`) and :meth:`MaskDataset._load` (the image and the masks of chosen annotations as
 a :class:`Loaded`). Everything after reading is done here, once for all formats: mask sampling,
-resize to the longest side, crops of large images, augmentation, padding, prompts (via
-:mod:`samft.prompting`), distance maps, the valid area, and the bad-input policy ``on_error`` (skip and
-count, or raise naming the file).
+resize to the model's input frame (longest side S then padding, or the S x S square), crops of large
+images, augmentation, prompts (via :mod:`samft.prompting`), distance maps, the valid area, and the
+bad-input policy ``on_error`` (skip and count, or raise naming the file).
 
 Sampling is deterministic given ``seed``, the epoch (:meth:`MaskDataset.set_epoch`) and the item
 index, whatever the DataLoader workers do. An index past ``len(dataset)`` reads item
