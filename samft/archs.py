@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+INPUT_FRAMES = ("longest_side", "square")  # SamArch.input_frame (samft.data.transforms.served_shape)
+
 PATCH_SIZE = 16  # the image embedding is the input side / 16: input sides are multiples of it
 
 # SAM's parts: what a model entry may freeze and PEFT may adapt unless it declares its own
@@ -49,6 +51,11 @@ class SamArch:
     # "{path}" in it marks where the checkpoint goes, else it is called with checkpoint=PATH)
     size_multiple: int = PATCH_SIZE  # input sides must be multiples of this (Hiera: 32, its coarsest stride)
     sam2_config: str = ""  # hiera only: the sam2 package's model config that builds it
+    # How an image becomes the S x S input (one of INPUT_FRAMES): "longest_side" is SAM's ResizeLongestSide
+    # + pad bottom-right; "square" stretches it to S x S, aspect not kept, as SAM 2 trains
+    # (RandomResizeAPI(square=True)) and predicts (SAM2Transforms' Resize((S, S))). Training must serve
+    # what the deployed predictor feeds the model.
+    input_frame: str = "longest_side"
 
 
 _TINY_VIT_5M = ((64, 2, 0, 0), (128, 2, 4, 7), (160, 6, 5, 14), (320, 2, 10, 7))
@@ -85,7 +92,8 @@ def _sam2(config: str, embed_dim: int, depth: int, num_heads: int, global_blocks
     features and an object-score head). No fixed input size: windowed attention with interpolated
     position embeddings runs at any multiple of 32 (the released weights were trained at 1024)."""
     return SamArch(embed_dim, depth, num_heads, global_blocks, fixed_image_size=None, encoder="hiera",
-                   decoder="sam2", size_multiple=32, sam2_config=f"configs/sam2.1/{config}.yaml", release=release,
+                   decoder="sam2", size_multiple=32, input_frame="square", release=release,
+                   sam2_config=f"configs/sam2.1/{config}.yaml",
                    upstream=f"sam2.build_sam.build_sam2('configs/sam2.1/{config}.yaml', ckpt_path='{{path}}')")
 
 
@@ -99,4 +107,12 @@ ARCHS.update({
     "sam2_1_hiera_l": _sam2("sam2.1_hiera_l", 144, 48, 2, (23, 33, 43), "sam2.1_hiera_large.pt"),
 })
 
-__all__ = ["ARCHS", "PARTS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch"]
+
+
+def input_frame(name: str) -> str:
+    """The input frame of ``model.name`` (a plugin model not in :data:`ARCHS` gets SAM's)."""
+    arch = ARCHS.get(name)
+    return arch.input_frame if arch is not None else "longest_side"
+
+
+__all__ = ["ARCHS", "INPUT_FRAMES", "PARTS", "PATCH_SIZE", "PIXEL_MEAN", "PIXEL_STD", "SamArch", "input_frame"]

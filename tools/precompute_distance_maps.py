@@ -1,9 +1,11 @@
 """Precompute signed distance maps of every mask of an SA-1B folder into a cache.
 
 usage: python tools/precompute_distance_maps.py DATASET [--image-size 1024] [--clip 0.05] [--cache DIR] [--workers N]
+                                                 [--input-frame longest_side|square]
 
 Maps are computed on the masks as training serves them (resized so the longest side is
---image-size = model.image_size, outside distances clipped at --clip x that side = data.dist_clip),
+--image-size = model.image_size, or stretched to that square with --input-frame square for SAM 2.1
+models; outside distances clipped at --clip x that side = data.dist_clip),
 so they are exact. They are keyed by each json's content hash and the settings, so re-running only
 computes what changed. Without --cache they go to DATASET/.samft_dist_maps (a per-folder user cache
 when DATASET is read-only), where training finds them with data.with_dist_maps=true and no
@@ -34,6 +36,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--clip", type=float, default=0.05,
                         help="clip outside distances at this share of the input side: the config's data.dist_clip "
                              "(default 0.05); 0 for exact, unclipped maps (slow: whole-image transforms)")
+    parser.add_argument("--input-frame", choices=("longest_side", "square"), default="longest_side",
+                        help="the model's input frame: square for SAM 2.1 (sam2_1_*), else longest_side (default)")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="worker processes (default: all cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -47,10 +51,12 @@ def main(argv: list[str]) -> int:
         raise DataError(f"--clip must be >= 0 (0: no clip), got {args.clip}.")
     started = time.perf_counter()
     counts = precompute_distance_maps(args.dataset, args.cache, image_size=args.image_size, clip=args.clip or None,
-                                      workers=args.workers, progress=not args.no_progress)
+                                      workers=args.workers, progress=not args.no_progress,
+                                      input_frame=args.input_frame)
     cache = args.cache or default_cache_dir(args.dataset)
     print(f"{args.dataset}: {counts['computed']} computed, {counts['reused']} reused, {counts['failed']} failed "
-          f"in {time.perf_counter() - started:.1f}s -> {cache} (image size {args.image_size}, clip {args.clip})")
+          f"in {time.perf_counter() - started:.1f}s -> {cache} (image size {args.image_size}, clip {args.clip}, "
+          f"{args.input_frame})")
     return 0
 
 

@@ -5,9 +5,9 @@ A reader (``sa1b``, ``sa1b_tar``, ``coco``, ``label_images``, or a plugin regist
 :class:`MaskDataset` and implements :meth:`MaskDataset._index` (one record per image, see
 :data:`RECORD_KEYS`) and :meth:`MaskDataset._load` (the image and the masks of chosen annotations as
 a :class:`Loaded`). Everything after reading is done here, once for all formats: mask sampling,
-resize to the longest side, crops of large images, augmentation, padding, prompts (via
-:mod:`samft.prompting`), distance maps, the valid area, and the bad-input policy ``on_error`` (skip and
-count, or raise naming the file).
+resize to the model's input frame (longest side S then padding, or the S x S square), crops of large
+images, augmentation, prompts (via :mod:`samft.prompting`), distance maps, the valid area, and the
+bad-input policy ``on_error`` (skip and count, or raise naming the file).
 
 Sampling is deterministic given ``seed``, the epoch (:meth:`MaskDataset.set_epoch`) and the item
 index, whatever the DataLoader workers do. An index past ``len(dataset)`` reads item
@@ -38,10 +38,11 @@ from samft.data.rle import decode_resized
 from samft.data.transforms import (
     apply_augmentation,
     build_augmentation,
+    check_input_frame,
     pad_bottom_right,
     resize_image,
     resize_mask,
-    resized_shape,
+    served_shape,
 )
 from samft.prompting import PROMPT_MODES, sample_prompts
 
@@ -234,7 +235,6 @@ class _Frame:
     window: Window | None
     hw: tuple[int, int]
     offset: tuple[int, int] = (0, 0)
-    scale: float = 1.0
     rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
@@ -243,7 +243,10 @@ class MaskDataset(Dataset, abc.ABC):
     """SAM training items from any reader (subclasses implement :meth:`_index` and :meth:`_load`).
 
     Args:
-        image_size: Side S of the square, padded input (SAM: 1024).
+        image_size: Side S of the square input (SAM: 1024).
+        input_frame: How an image fills the S x S input (``samft.archs.SamArch.input_frame``):
+            ``longest_side`` (SAM: longest side resized to S, aspect kept, padded bottom-right, ``valid``
+            False on the padding) or ``square`` (SAM 2: stretched to S x S, no padding).
         max_masks: Masks sampled per image and read (SAM: 64).
         prompt: ``point``, ``box`` or ``point_or_box``; None samples no prompt (evaluation chooses its own:
             every mask then has one padding prompt).
@@ -270,9 +273,11 @@ class MaskDataset(Dataset, abc.ABC):
                  min_predicted_iou: float = 0.0, min_stability: float = 0.0, keep_crowd: bool = False,
                  on_error: str = "skip", with_dist_maps: bool = False, dist_map_cache: Any = None,
                  dist_clip: float | None = 0.05, seed: int = 0, box_noise: float = 0.1,
-                 box_max_noise: float = 20.0, crop: CropSettings | dict[str, Any] | None = None) -> None:
+                 box_max_noise: float = 20.0, crop: CropSettings | dict[str, Any] | None = None,
+                 input_frame: str = "longest_side") -> None:
         self._check_settings(image_size, max_masks, prompt, box_prob, max_area_frac, dist_clip)
         self.image_size, self.max_masks = int(image_size), int(max_masks)
+        self.input_frame = check_input_frame(input_frame)
         self.prompt, self.box_prob = prompt, float(box_prob)
         self.box_noise, self.box_max_noise = float(box_noise), float(box_max_noise)
         self.on_error = check_on_error(on_error)
@@ -418,7 +423,7 @@ class MaskDataset(Dataset, abc.ABC):
         if side is None:
             chosen = np.sort(rng.choice(eligible, size=min(self.max_masks, eligible.size), replace=False))
             loaded = self._load(index, chosen)
-            frame = _Frame(None, resized_shape(rec["height"], rec["width"], self.image_size), rows=chosen)
+            frame = _Frame(None, self._served(rec["height"], rec["width"]), rows=chosen)
         else:
             loaded = self._load(index, eligible)
             boxes = loaded.masks.boxes()
@@ -430,7 +435,7 @@ class MaskDataset(Dataset, abc.ABC):
                 raise exc
             rows = np.sort(rng.choice(inside, size=min(self.max_masks, inside.size), replace=False))
             loaded = loaded.subset(rows)
-            frame = _window_frame(window, self.image_size, eligible[rows])
+            frame = self._window_frame(window, eligible[rows])
         return self._serve(loaded, frame, rng)
 
     def _random_crop(self, rng: np.random.Generator, rec: dict[str, Any], side: int, boxes: np.ndarray) -> Window:
@@ -469,7 +474,7 @@ class MaskDataset(Dataset, abc.ABC):
         for t, window in enumerate(windows):
             rows = np.flatnonzero(owner == t)
             if rows.size:
-                item = self._serve(loaded.subset(rows), _window_frame(window, self.image_size, chosen[rows]), rng,
+                item = self._serve(loaded.subset(rows), self._window_frame(window, chosen[rows]), rng,
                                    may_be_empty=True)
                 if item is not None:
                     parts.append(item)
@@ -485,7 +490,8 @@ class MaskDataset(Dataset, abc.ABC):
         masks = loaded.masks.decode(hw, frame.window)
         ignore = loaded.ignore.decode(hw, frame.window).max(0, initial=0) if loaded.ignore is not None and len(
             loaded.ignore) else None
-        scale = hw[1] / (frame.window[2] if frame.window else loaded.image.width)
+        source_hw = frame.window[3:1:-1] if frame.window else (loaded.image.height, loaded.image.width)
+        scale = np.float32([hw[1] / source_hw[1], hw[0] / source_hw[0]])  # x, y (differ in a square frame)
         points = (loaded.points.astype(np.float32).reshape(-1, 2) - np.float32(frame.offset) + 0.5) * scale - 0.5
         no_point = np.isnan(points).any(1)
         points[no_point] = 0.0  # albumentations rejects NaN; restored below
@@ -517,16 +523,25 @@ class MaskDataset(Dataset, abc.ABC):
         return self._item(loaded, frame, image, masks, valid, ignore, points, dist, ids, rng)
 
     def _fit(self, image, masks, valid, points, dist):
-        """After a size-changing augmentation, bring the longest side back to S."""
+        """After a size-changing augmentation, bring the image back to the served frame (longest side S,
+        or the S x S square)."""
         h, w = image.shape[:2]
-        if max(h, w) == self.image_size:
+        hw = self._served(h, w)
+        if (h, w) == hw or (self.input_frame == "longest_side" and max(h, w) == self.image_size):
             return image, masks, valid, points, dist
-        hw = resized_shape(h, w, self.image_size)
-        scale = hw[1] / w
+        scale = np.float32([hw[1] / w, hw[0] / h])  # x, y
         image = resize_image(image, hw)
         masks = np.stack([resize_mask(m, hw) for m in masks]) if len(masks) else np.zeros((0,) + hw, np.uint8)
         valid = resize_mask(valid, hw)
         return image, masks, valid, (points + 0.5) * scale - 0.5, None  # maps are recomputed
+
+    def _served(self, height: int, width: int) -> tuple[int, int]:
+        """The served ``(h, w)`` of an ``height`` x ``width`` image or window, before padding."""
+        return served_shape(height, width, self.image_size, self.input_frame)
+
+    def _window_frame(self, window: Window, rows: np.ndarray) -> _Frame:
+        x0, y0, w, h = window
+        return _Frame(window, self._served(h, w), (x0, y0), rows)
 
     def _use_cache(self) -> bool:
         return self.with_dist_maps and self.dist_cache is not None and (
@@ -566,12 +581,6 @@ class MaskDataset(Dataset, abc.ABC):
         if self.with_dist_maps:
             item["dist_maps"] = torch.from_numpy(pad_bottom_right(dist.astype(np.float32, copy=False), S))
         return item
-
-
-def _window_frame(window: Window, image_size: int, rows: np.ndarray) -> _Frame:
-    x0, y0, w, h = window
-    hw = resized_shape(h, w, image_size)
-    return _Frame(window, hw, (x0, y0), hw[1] / w, rows)
 
 
 def _intersects(boxes: np.ndarray, window: Window) -> np.ndarray:

@@ -172,11 +172,12 @@ class DistanceMapCache:
     """Precomputed maps of the masks as the dataset serves them, one ``.npz`` per annotation json.
 
     Maps are computed on each mask decoded and resized to the input frame exactly as
-    :class:`samft.data.SA1BDataset` does it (longest side ``image_size``), with outside distances
+    :class:`samft.data.SA1BDataset` does it (longest side ``image_size``, or the ``image_size`` square for
+    a model whose ``input_frame`` is ``square``: the map of the stretched mask), with outside distances
     clipped at ``clip * image_size`` pixels, so a cached map equals the map of the served mask.
     Maps of another input size or clip are other files: a file is
     ``<folder>/<h[:2]>/<h>-<settings>.npz`` with ``h`` the SHA-1 of the json's bytes and
-    ``settings`` a hash of (format version, ``image_size``, ``clip``, storage dtype), so stale maps
+    ``settings`` a hash of (format version, ``image_size``, ``clip``, storage dtype, input frame), so stale maps
     are never read. Per annotation position ``k`` it holds ``m<k>`` (the float16 crop from
     :func:`signed_distance_crop`) and ``boxes[k] = (y0, x0, kind)`` with kind 0 = crop, 1 = zero
     map (empty or full mask), 2 = not stored (bad RLE); ``shape`` is the resized ``(h, w)``.
@@ -185,13 +186,20 @@ class DistanceMapCache:
         folder: Cache folder (created on first write).
         image_size: Input side S the maps are for (``model.image_size``).
         clip: Clip as a share of S (``data.dist_clip``; None: exact, unclipped, whole-image maps).
+        input_frame: The model's input frame (``samft.archs.SamArch.input_frame``).
     """
 
-    def __init__(self, folder: str | Path, image_size: int, clip: float | None = 0.05) -> None:
+    def __init__(self, folder: str | Path, image_size: int, clip: float | None = 0.05,
+                 input_frame: str = "longest_side") -> None:
+        from samft.data.transforms import check_input_frame
+
         self.folder = Path(folder)
         self.image_size, self.clip = int(image_size), clip
-        settings = json.dumps({"version": CACHE_VERSION, "image_size": self.image_size, "clip": clip,
-                               "dtype": "float16"}, sort_keys=True)
+        self.input_frame = check_input_frame(input_frame)
+        settings = {"version": CACHE_VERSION, "image_size": self.image_size, "clip": clip, "dtype": "float16"}
+        if self.input_frame != "longest_side":  # SAM's frame keeps the tags of maps written before frames existed
+            settings["input_frame"] = self.input_frame
+        settings = json.dumps(settings, sort_keys=True)
         self.tag = hashlib.sha1(settings.encode()).hexdigest()[:12]
         self._warned = False
 
@@ -206,11 +214,11 @@ class DistanceMapCache:
     def compute(self, json_bytes: bytes) -> dict[str, np.ndarray]:
         """The arrays stored for one annotation json (every annotation, whatever the filters)."""
         from samft.data.rle import checked_rle, decode_resized
-        from samft.data.transforms import resized_shape
+        from samft.data.transforms import served_shape
 
         data = json.loads(json_bytes)
         height, width = int(data["image"]["height"]), int(data["image"]["width"])
-        hw = resized_shape(height, width, self.image_size)
+        hw = served_shape(height, width, self.image_size, self.input_frame)
         anns = data["annotations"]
         boxes = np.zeros((len(anns), 3), np.int32)
         arrays: dict[str, np.ndarray] = {}
@@ -274,21 +282,24 @@ class DistanceMapCache:
     def _warn_missing(self, path: Path) -> None:
         if not self._warned:
             clip = 0 if self.clip is None else self.clip
+            frame = "" if self.input_frame == "longest_side" else f" --input-frame {self.input_frame}"
             log.warning("distance map cache %s has no maps for some images (first: %s); computing them on the "
                         "fly. Run `python tools/precompute_distance_maps.py DATASET --cache %s --image-size %d "
-                        "--clip %s`.", self.folder, path.name, self.folder, self.image_size, clip)
+                        "--clip %s%s`.", self.folder, path.name, self.folder, self.image_size, clip, frame)
             self._warned = True
 
 
 def precompute_distance_maps(root: str | Path, cache: str | Path | None = None, *, image_size: int = 1024,
-                             clip: float | None = 0.05, workers: int = 0, progress: bool = True) -> dict[str, int]:
+                             clip: float | None = 0.05, workers: int = 0, progress: bool = True,
+                             input_frame: str = "longest_side") -> dict[str, int]:
     """Fill the cache with the maps of every annotation json in ``root``.
 
     Args:
         root: SA-1B folder.
         cache: Cache folder (None: :func:`default_cache_dir`, where training looks when
             ``data.dist_map_cache`` is not set).
-        image_size, clip: As in :class:`DistanceMapCache` (``model.image_size``, ``data.dist_clip``).
+        image_size, clip, input_frame: As in :class:`DistanceMapCache` (``model.image_size``, ``data.dist_clip``,
+            the model's input frame).
         workers: Worker processes (0 or 1: this process).
         progress: Show a tqdm progress bar.
 
@@ -304,7 +315,7 @@ def precompute_distance_maps(root: str | Path, cache: str | Path | None = None, 
     root = Path(root)
     listing = list_folder(root)
     cache = default_cache_dir(root) if cache is None else cache
-    jobs = [(str(root / name), str(cache), int(image_size), clip) for name in listing.names]
+    jobs = [(str(root / name), str(cache), int(image_size), clip, input_frame) for name in listing.names]
     counts = {"computed": 0, "reused": 0, "failed": 0}
     bar = tqdm(total=len(jobs), desc="distance maps", unit="image", disable=not progress)
     if workers > 1:
@@ -320,11 +331,11 @@ def precompute_distance_maps(root: str | Path, cache: str | Path | None = None, 
     return counts
 
 
-def _precompute_one(job: tuple[str, str, int, float | None]) -> str:
-    json_path, folder, image_size, clip = job
+def _precompute_one(job: tuple[str, str, int, float | None, str]) -> str:
+    json_path, folder, image_size, clip, input_frame = job
     try:
         data = Path(json_path).read_bytes()
-        return "computed" if DistanceMapCache(folder, image_size, clip).ensure(data) else "reused"
+        return "computed" if DistanceMapCache(folder, image_size, clip, input_frame).ensure(data) else "reused"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("distance maps: skipping %s (%s: %s)", json_path, type(exc).__name__, exc)
         return "failed"

@@ -67,7 +67,7 @@ class SA1BDataset(MaskDataset):
             folder = default_cache_dir(self.root)
             if not folder.is_dir():
                 return None
-        return DistanceMapCache(folder, self.image_size, self.dist_clip)
+        return DistanceMapCache(folder, self.image_size, self.dist_clip, self.input_frame)
 
     def _load(self, index: int, positions: np.ndarray) -> Loaded:
         rec = self.records[index]

@@ -1,4 +1,5 @@
-"""Augmentations (albumentations) and SAM's resize-longest-side + pad-bottom-right.
+"""Augmentations (albumentations) and the input frame: SAM's resize-longest-side + pad-bottom-right, or
+SAM 2's stretch to a square (:func:`served_shape`).
 
 A config lists augmentations as ``{name: ..., **kwargs}`` specs, for example::
 
@@ -8,8 +9,8 @@ A config lists augmentations as ``{name: ..., **kwargs}`` specs, for example::
       - {name: OneOf, transforms: [{name: ColorJitter}, {name: RandomGamma}], p: 0.3}
 
 Only the albumentations transforms named in :data:`WHITELIST` are accepted (an unknown name or
-argument is an error with a suggestion). They run on the image resized so that its longest side
-is ``image_size``, before the padding; the image, the target masks, the valid-area mask, the
+argument is an error with a suggestion). They run on the image resized to the served frame (longest
+side ``image_size``, or the ``image_size`` square), before any padding; the image, the target masks, the valid-area mask, the
 distance maps and the keypoints all go through the same sampled parameters. Transforms listed
 in :data:`PIXEL_PERMUTATIONS` only move pixels around, so precomputed distance maps can follow
 them exactly; any other geometric transform makes the dataset recompute distance maps on the
@@ -27,6 +28,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from samft.archs import INPUT_FRAMES
 from samft.data.errors import DataError
 from samft.registry import did_you_mean
 
@@ -158,6 +160,21 @@ def resized_shape(height: int, width: int, long_side: int) -> tuple[int, int]:
     """SAM's ``ResizeLongestSide`` target ``(h, w)``: longest side ``long_side``, aspect kept, rounded."""
     scale = long_side / max(height, width)
     return max(int(height * scale + 0.5), 1), max(int(width * scale + 0.5), 1)
+
+
+def check_input_frame(frame: str) -> str:
+    """``frame`` when it is one of :data:`samft.archs.INPUT_FRAMES`, else a :class:`DataError`."""
+    if frame not in INPUT_FRAMES:
+        raise DataError(f"input_frame must be one of {INPUT_FRAMES}, got {frame!r}.")
+    return frame
+
+
+def served_shape(height: int, width: int, size: int, frame: str = "longest_side") -> tuple[int, int]:
+    """The ``(h, w)`` an ``height`` x ``width`` image is resized to before padding to ``size`` x ``size``.
+
+    ``longest_side``: SAM's (:func:`resized_shape`, then padded bottom-right); ``square``: ``(size, size)``,
+    the image stretched as SAM 2 does (no padding, aspect ratio not kept)."""
+    return (size, size) if frame == "square" else resized_shape(height, width, size)
 
 
 def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from samft.archs import input_frame
 from samft.data import MaskDataset, MixedDataset
 from samft.data.specs import dataset_specs
 from samft.models import CheckpointError, apply_peft, build_model, freeze, load_weights, trainable_state
@@ -33,6 +34,7 @@ def _settings(cfg: DictConfig, root: Path, *, seed: int, train: bool) -> dict[st
         crop={"multiple": crop.multiple, "mask_prob": crop.mask_prob, "overlap": crop.overlap} if crop.enabled
         else None,
         dist_map_cache=(root / d.dist_map_cache) if d.dist_map_cache else None,
+        input_frame=input_frame(cfg.model.name),  # SAM 2.1 is served stretched to the square, as it deploys
     )
 
 

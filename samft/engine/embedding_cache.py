@@ -3,10 +3,10 @@
 With the image encoder frozen (and no image augmentation), an image's embedding never changes, yet
 the encoder is by far the most expensive part of SAM. The cache computes each embedding once and
 reads it back in later epochs and later runs. Entries live under a folder named by a fingerprint
-of everything the embedding depends on: the encoder's weights, the input size and the
-preprocessing version. Another checkpoint, input size or preprocessing finds another folder, so a
-stale embedding is never served. Entries are written atomically, so concurrent ranks and
-interrupted runs never leave a half-written file behind.
+of everything the embedding depends on: the encoder's weights, the input size, the input frame
+(resize + pad, or stretch to the square) and the preprocessing version. Another checkpoint, input
+size, frame or preprocessing finds another folder, so a stale embedding is never served. Entries are
+written atomically, so concurrent ranks and interrupted runs never leave a half-written file behind.
 """
 
 from __future__ import annotations
@@ -29,9 +29,11 @@ from samft.models.checkpoint import weights_sha256
 PREPROCESSING_VERSION = 1
 
 
-def encoder_fingerprint(encoder: nn.Module, image_size: int) -> str:
-    """Hash of the encoder's weights, the input size and the preprocessing version."""
-    key = f"v{PREPROCESSING_VERSION}:{image_size}:{weights_sha256(encoder.state_dict())}"
+def encoder_fingerprint(encoder: nn.Module, image_size: int, input_frame: str = "longest_side") -> str:
+    """Hash of the encoder's weights, the input size and frame and the preprocessing version."""
+    # SAM's frame keeps the key it had before frames existed, so caches written then stay valid
+    frame = "" if input_frame == "longest_side" else f"{input_frame}:"
+    key = f"v{PREPROCESSING_VERSION}:{image_size}:{frame}{weights_sha256(encoder.state_dict())}"
     return hashlib.sha1(key.encode()).hexdigest()[:16]
 
 
@@ -42,12 +44,14 @@ class EmbeddingCache:
         folder: Cache root; entries go to ``folder/<encoder fingerprint>/``.
         encoder: The frozen image encoder (its weights are part of the key).
         image_size: Model input side.
+        input_frame: How images fill the input (``samft.archs.SamArch.input_frame``).
     """
 
-    def __init__(self, folder: str | Path, encoder: nn.Module, image_size: int) -> None:
+    def __init__(self, folder: str | Path, encoder: nn.Module, image_size: int,
+                 input_frame: str = "longest_side") -> None:
         if any(p.requires_grad for p in encoder.parameters()):
             raise ValueError("The embedding cache needs a frozen image encoder: set model.freeze_image_encoder=true.")
-        self.fingerprint = encoder_fingerprint(encoder, image_size)
+        self.fingerprint = encoder_fingerprint(encoder, image_size, input_frame)
         self.folder = Path(folder) / self.fingerprint
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = 0

@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from samft.archs import input_frame
 from samft.config import ConfigError, to_dict, to_yaml
 from samft.data import Batch, MaskDataset, MixedDataset, collate_masks
 from samft.engine import console
@@ -181,7 +182,8 @@ class Trainer:
         m = self.cfg.model
         if not m.embedding_cache:
             return None
-        return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size)
+        return EmbeddingCache(self.root / m.embedding_cache, self.model.image_encoder, m.image_size,
+                              input_frame(m.name))
 
     def _cached_embeddings(self, batch: Batch) -> Batch:
         """The batch with ``embeddings`` from the cache (read ahead by the data loader; the misses

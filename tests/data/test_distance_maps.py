@@ -188,6 +188,9 @@ def test_precompute_tool(tmp_path, h, capsys, monkeypatch):
     assert "1 computed, 0 reused" in capsys.readouterr().out
     assert run_cli(tool.main, args) == 0
     assert "0 computed, 1 reused" in capsys.readouterr().out
+    assert run_cli(tool.main, args + ["--input-frame", "square"]) == 0  # SAM 2.1's maps: other files
+    assert "1 computed, 0 reused" in capsys.readouterr().out
+    assert len(list((root / ".samft_dist_maps").rglob("*.npz"))) == 2
     assert default_cache_dir(root) == root / ".samft_dist_maps" and (root / ".samft_dist_maps").is_dir()
     ds = SA1BDataset(root, image_size=64, with_dist_maps=True)  # data.dist_map_cache not set
     looked_up = []

@@ -46,6 +46,8 @@ def test_other_weights_or_input_size_use_another_folder():
     assert encoder_fingerprint(a, 64) != encoder_fingerprint(b, 64)
     assert encoder_fingerprint(a, 64) != encoder_fingerprint(a, 128)
     assert encoder_fingerprint(a, 64) == encoder_fingerprint(a, 64)
+    assert encoder_fingerprint(a, 64) == encoder_fingerprint(a, 64, "longest_side")  # keys written before frames
+    assert encoder_fingerprint(a, 64) != encoder_fingerprint(a, 64, "square")
 
 
 def test_damaged_entry_is_a_miss_and_is_replaced(tmp_path):

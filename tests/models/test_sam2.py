@@ -130,6 +130,50 @@ def test_forward_equals_sam2_image_predictor(objects_present):
         torch.testing.assert_close(decoded.iou_pred[0, outputs], torch.from_numpy(iou), atol=1e-4, rtol=1e-4)
 
 
+def test_a_stretched_real_photo_equals_sam2_image_predictor_on_the_original(objects_present, shared_dir):
+    """The consumer round trip on a non-square COCO photo: samft serves it in SAM 2.1's frame (stretched to
+    the square) and its forward equals SAM2ImagePredictor.set_image on the original photo + predict with the
+    boxes mapped back to the original frame (the predictor's own resize and coordinate transform). Served
+    in SAM's padded frame, the same model gives other masks: the train/deploy mismatch of issue #15."""
+    from PIL import Image
+
+    from samft.archs import input_frame
+    from samft.data.coco import CocoDataset
+
+    ours, ref, _ = objects_present
+    tiny = shared_dir / "data" / "coco_tiny"
+    if not tiny.is_dir():
+        pytest.skip(f"{tiny} is absent: real-COCO test skipped")
+    predictor = SAM2ImagePredictor(ref)
+    predictor._bb_feat_sizes = [(SIZE // 4, SIZE // 4), (SIZE // 8, SIZE // 8), (SIZE // 16, SIZE // 16)]
+    assert input_frame(NAME) == "square"
+    errors = {}
+    for frame in ("square", "longest_side"):
+        ds = CocoDataset(tiny / "annotations" / "instances_val2017.json", tiny / "val2017", image_size=SIZE,
+                         input_frame=frame, prompt="box", box_noise=0.0, max_masks=3)
+        index = next(i for i, r in enumerate(ds.records) if r["n"] and r["width"] > r["height"])
+        item = ds[index]
+        H, W = item["meta"]["original_size"]
+        predictor.set_image(np.array(Image.open(tiny / "val2017" / Path(item["meta"]["file"]).name).convert("RGB")))
+        with torch.no_grad():
+            embedding = ours.image_encoder(preprocess(ours, item["image"][None], item["valid"][None]))
+        # served -> original pixels: the inverse of the predictor's x * S / W, y * S / H (the frame's scale)
+        to_original = torch.tensor([W / SIZE, H / SIZE] if frame == "square" else [max(H, W) / SIZE] * 2)
+        for box in item["points"]:
+            _, iou, low_res = predictor.predict(box=(box * to_original).flatten().numpy(), multimask_output=False,
+                                                return_logits=True)
+            with torch.no_grad():
+                decoded = decode_outputs(ours, embedding, torch.zeros(1, dtype=torch.long), box[None],
+                                         torch.tensor([[2, 3]]))
+            diff = (decoded.masks[0, :1] - torch.from_numpy(low_res)).abs()
+            errors.setdefault(frame, []).append((diff.mean().item(), diff.max().item()))
+            if frame == "square":  # the images differ only by the resize kernel (OpenCV area vs antialiased bilinear)
+                assert diff.mean() < 0.02 and diff.max() < 0.15, diff
+                torch.testing.assert_close(decoded.iou_pred[0, :1], torch.from_numpy(iou), atol=2e-3, rtol=0)
+    # the padded frame: logits of magnitude ~0.2 off by ~0.1 on average (the predictor saw another image)
+    assert min(mean for mean, _ in errors["longest_side"]) > 5 * max(mean for mean, _ in errors["square"]), errors
+
+
 def test_release_layout_loads_strictly_both_ways(pair, tmp_path):
     """samft loads sam2's checkpoint layout strictly, and export writes it back for build_sam2."""
     from samft.export.formats import export_sam
@@ -265,6 +309,19 @@ def test_sam2_learns_with_its_recipe_and_exports_for_build_sam2(two_images, tmp_
     assert exported.keys() == trained.keys() and all(torch.equal(exported[k], trained[k]) for k in trained)
     assert export_main([str(result.run_dir), "--format", "onnx", "--out", str(tmp_path / "ft.onnx")]) == 2
     assert "error: --format onnx: sam2_1_hiera_t is SAM 2.1" in capsys.readouterr().err
+
+
+def test_the_config_serves_sam2_stretched_and_sam_padded(two_images, tmp_path):
+    """``model.name`` picks the frame the datasets serve (the demo photos are 160 x 120)."""
+    from samft.engine.build import dataset_from_config
+
+    cfg = sam2_config(two_images, tmp_path)
+    for train in (True, False):
+        item = dataset_from_config(cfg, REPO, cfg.data.train, seed=0, train=train)[0]
+        assert item["meta"]["input_size"] == (64, 64) and bool(item["valid"].all())
+    assert {name for name, arch in ARCHS.items() if arch.input_frame == "square"} == {
+        name for name in ARCHS if name.startswith("sam2_1_")}
+    assert {arch.input_frame for arch in ARCHS.values()} == {"square", "longest_side"}
 
 
 def test_sam2_resumes_exactly(two_images, tmp_path):
