@@ -9,7 +9,7 @@ STAMP := $(VENV)/.samft-installed
 DEMO_DATA ?= data/demo
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-sam2 demo test bench lint clean
+.PHONY: setup setup-sam2 demo test test-long bench lint clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+# The long tests (marker `long`, each over ~30 s): training on real photos, SIGKILL-and-resume, DDP mixtures.
+test-long: $(STAMP)
+	$(PY) -m pytest -q -m long $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check samft tools tests benchmarks

@@ -167,7 +167,10 @@ def test_lora_under_two_ranks_with_a_small_checkpoint(demo_data, tmp_path):
     state = torch.load(Path(r0["run_dir"]) / "checkpoints" / "last.pt", weights_only=True)
     assert all(".lora." in k or k.startswith("mask_decoder.") for k in state["model"])
     assert any(".lora.b.q" in k for k in state["model"]) and state["peft"]["base"]["path"] is None
+
+
 @pytest.mark.slow  # three 2-rank launches: ~90 s on 2 busy cores
+@pytest.mark.long
 def test_mixture_resumes_exactly_under_two_ranks(demo_data, tmp_path):
     """A weighted mixture (the SA-1B folder + tar shards of the val images): 2 + 2 == 4 steps on both ranks
     (each rank draws its shard of the mixture's epoch; workers are covered in tests/data/test_readers.py)."""

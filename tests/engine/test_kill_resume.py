@@ -52,6 +52,7 @@ def step_of(path):
     return torch.load(path, weights_only=True)["step"]
 
 
+@pytest.mark.long
 def test_sigkill_anywhere_then_resume_ends_where_an_uninterrupted_run_ends(demo_data, tmp_path):
     steps = 30
     straight = run(command(demo_data, tmp_path / "straight", steps), tmp_path)
@@ -105,6 +106,7 @@ def jobs():
             kill_tree(proc.pid)
 
 
+@pytest.mark.long
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not available")
 def test_sigkill_of_two_ranks_then_resume_from_the_newest_complete_checkpoint(demo_data, tmp_path, jobs):
     steps = 20

@@ -53,6 +53,7 @@ def _metrics(trainer: Trainer) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_stages_on_real_photos_beat_the_untrained_model_and_stage_1(four_photos, tmp_path, one_thread):
     shapes = make_demo_dataset(tmp_path / "demo", train_images=24, val_images=2)
     stage1 = load(REPO / "configs" / "coco_tiny_shapes.yaml", [

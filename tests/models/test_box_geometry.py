@@ -7,6 +7,7 @@ SAM's 20 : 1 focal : dice weights). It failing would point at the box path (corn
 labels 2/3, which output is trained) rather than at the data or the recipe.
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -37,6 +38,7 @@ def low_res_targets(masks: torch.Tensor) -> torch.Tensor:
     return F.interpolate(masks[:, None].float(), size=SIZE // 4, mode="area")[:, 0] >= 0.5
 
 
+@pytest.mark.long
 def test_output_0_learns_the_box_on_blank_images():
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
