@@ -589,10 +589,10 @@ def _check_relations(values: Mapping[str, Any]) -> None:
         raise ConfigError(
             f"model.image_size={size}: {m['name']} needs {arch.fixed_image_size} (its positional embeddings and "
             f"released checkpoints are for it). Use model.image_size={arch.fixed_image_size} or model.name=vit_tiny.")
-    loss_name = values["loss"]["name"] if isinstance(values["loss"], Mapping) else values["loss"]
-    if loss_name in OBJECT_SCORE_LOSSES and arch is not None and arch.decoder != "sam2":
-        raise ConfigError(f"loss.name={loss_name}: it trains SAM 2's object-score head, which {m['name']} has not; "
-                          "use loss.name=sam (or a SAM 2 model, model.name=sam2_1_hiera_*).")
+    object_losses = [n for n in _loss_names(values["loss"]) if n in OBJECT_SCORE_LOSSES]
+    if object_losses and arch is not None and arch.decoder != "sam2":
+        raise ConfigError(f"loss: {object_losses[0]} trains SAM 2's object-score head, which {m['name']} has not; "
+                          "use loss.name=sam without it (or a SAM 2 model, model.name=sam2_1_hiera_*).")
     if arch is not None and arch.encoder == "hiera" and values["eval"]["everything"]["every"]:
         raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: segment-everything runs "
                           f"segment_anything's mask generator, which cannot run {m['name']} (SAM 2.1); set it to 0.")
@@ -813,6 +813,19 @@ def _check_peft(model: Mapping[str, Any]) -> None:
 # PEFT on SAM 2.1's Hiera: the methods whose hooks fit its blocks (attention qkv/proj Linears; MLPs differ from
 # segment_anything's, and its parameter names are trunk.blocks.*, which the block-selecting methods do not read).
 HIERA_PEFT = {"lora": ("q", "k", "v", "qkv", "proj", "decoder"), "bias": (), "norm": ()}
+
+
+def _loss_names(spec: Any) -> list[str]:
+    """Every loss a ``loss`` spec names, those nested in ``extra_terms`` and ``terms`` (``combined``) included."""
+    if isinstance(spec, str):
+        return [spec]
+    if not isinstance(spec, Mapping):
+        return []
+    names = [str(spec["name"])] if "name" in spec else []
+    for key in ("extra_terms", "terms"):
+        if isinstance(spec.get(key), Mapping):
+            names += [n for sub in spec[key].values() for n in _loss_names(sub)]
+    return names
 
 
 def _check_hiera_peft(spec: Any, options: dict[str, Any], method: Any, name: str) -> None:

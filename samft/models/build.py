@@ -71,6 +71,10 @@ class UnsupportedModel(UserError, ValueError):
     """A tool that cannot run the model it was given; the message says what to use instead."""
 
 
+class NothingToTrain(UserError, ValueError):
+    """The ``model.freeze_*`` flags leave no parameter of the model's parts to train."""
+
+
 def require_sam(model: nn.Module, tool: str) -> None:
     """Raise :class:`UnsupportedModel` unless ``model`` is a segment_anything ``Sam``, which ``tool`` (built on
     segment_anything's ``SamPredictor`` / automatic mask generator) calls with SAM's own signatures."""
@@ -111,8 +115,11 @@ def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:
         for name, param in model.named_parameters():
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in only):
                 param.requires_grad_(False)
-    if not adapters and not any(p.requires_grad for p in model.parameters()):
-        raise ValueError(f"All of {', '.join(spec.parts)} are frozen: nothing would train.")
+    # The parts' parameters decide: a loose parameter outside them (SAM 2's no_mem_embed) alone is no training.
+    if not adapters and not any(p.requires_grad for part in spec.parts for p in getattr(model, part).parameters()):
+        raise NothingToTrain(f"model.freeze_*: with these flags nothing of {spec.name}'s trainable parameters "
+                             f"({', '.join(spec.parts)}) would train; set one of model.freeze_"
+                             f"{', model.freeze_'.join(spec.parts)} to false.")
 
 
 def keep_eval(module: nn.Module, frozen: bool) -> None:
@@ -148,11 +155,32 @@ def checkpoint_activations(model: Sam, *, encoder: bool = True, decoder: bool = 
         if getattr(block, CHECKPOINTED, False):
             continue
         plain_forward = block.forward
+        norms = [m for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
-        def forward(x: torch.Tensor, _plain=plain_forward) -> torch.Tensor:
+        def forward(x: torch.Tensor, _plain=plain_forward, _norms=norms) -> torch.Tensor:
             if not torch.is_grad_enabled():
                 return _plain(x)
-            return torch.utils.checkpoint.checkpoint(_plain, x, use_reentrant=False)
+            if not _norms:
+                return torch.utils.checkpoint.checkpoint(_plain, x, use_reentrant=False)
+            calls = []
+
+            def run(inp: torch.Tensor) -> torch.Tensor:
+                # The recomputation in backward must not move BatchNorm's running statistics a second
+                # time (MobileSAM's TinyViT): the forward already did. It normalises with the batch's
+                # own statistics either way, so its outputs are the forward's.
+                if not calls:
+                    calls.append(1)
+                    return _plain(inp)
+                kept = [{k: v.clone() for k, v in norm.named_buffers(recurse=False)} for norm in _norms]
+                try:
+                    return _plain(inp)
+                finally:  # also when the checkpoint stops the recomputation early (its default)
+                    with torch.no_grad():
+                        for norm, buffers in zip(_norms, kept):
+                            for k, v in buffers.items():
+                                getattr(norm, k).copy_(v)
+
+            return torch.utils.checkpoint.checkpoint(run, x, use_reentrant=False)
 
         block.forward = forward
         setattr(block, CHECKPOINTED, True)

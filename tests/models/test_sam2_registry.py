@@ -25,7 +25,7 @@ def test_recipe_is_sam2s():
 
 @pytest.mark.parametrize(("override", "message"), [
     ("model.image_size=272", "model.image_size=272: use a multiple of 32"),
-    ("model.name=vit_b", "loss.name=sam2: it trains SAM 2's object-score head, which vit_b has not"),
+    ("model.name=vit_b", "loss: sam2 trains SAM 2's object-score head, which vit_b has not"),
     ("eval.everything.every=10", "eval.everything.every=10: segment-everything runs segment_anything's"),
     ("model.peft={name: lora, targets: [q, mlp]}", "on sam2_1_hiera_s .* use lora with targets from q, k, v"),
     ("model.peft={name: adaptformer}", "on sam2_1_hiera_s .* use lora"),
@@ -51,3 +51,10 @@ def test_missing_sam2_package_is_one_line(monkeypatch):
     monkeypatch.delattr(samft.models, "sam2_model", raising=False)
     with pytest.raises(UserError, match="SAM 2.1 models need the sam2 package .*make setup-sam2"):
         build_model("sam2_1_hiera_t", 64)
+
+
+@pytest.mark.parametrize("loss", ["{name: combined, terms: {obj: {name: object_score}}}",
+                                  "{name: sam, extra_terms: {obj: {name: object_score}}}"])
+def test_an_object_score_loss_nested_in_another_is_refused_at_load_for_sam(loss):
+    with pytest.raises(ConfigError, match="loss: object_score trains SAM 2's object-score head, which vit_tiny has"):
+        load(REPO / "configs" / "demo.yaml", [f"loss={loss}"])
