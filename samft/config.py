@@ -596,6 +596,11 @@ def _check_relations(values: Mapping[str, Any]) -> None:
     if arch is not None and arch.encoder == "hiera" and values["eval"]["everything"]["every"]:
         raise ConfigError(f"eval.everything.every={values['eval']['everything']['every']}: segment-everything runs "
                           f"segment_anything's mask generator, which cannot run {m['name']} (SAM 2.1); set it to 0.")
+    # HQ-SAM trains only its additions, all inside the mask decoder; the others train in every part.
+    trains_in = ("mask_decoder",) if arch is not None and arch.decoder == "hq" else PARTS
+    if arch is not None and m["peft"] is None and all(m[f"freeze_{part}"] for part in trains_in):
+        raise ConfigError(f"model.freeze_{'=true, model.freeze_'.join(trains_in)}=true: nothing of {m['name']} "
+                          f"would train; set model.freeze_{trains_in[-1]}=false (or add model.peft).")
     if t["precision"] == "fp16" and t["device"] == "cpu":
         raise ConfigError("train.precision=fp16: fp16 needs a GPU, and train.device=cpu; "
                           "use train.precision=bf16 or fp32 on a CPU.")
