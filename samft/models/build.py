@@ -115,8 +115,7 @@ def freeze(model: Sam, *, adapters: bool = False, **parts: bool) -> None:
         for name, param in model.named_parameters():
             if not any(fnmatch.fnmatchcase(name, pattern) for pattern in only):
                 param.requires_grad_(False)
-    # The parts' parameters decide: a loose parameter outside them (SAM 2's no_mem_embed) alone is no training.
-    if not adapters and not any(p.requires_grad for part in spec.parts for p in getattr(model, part).parameters()):
+    if not adapters and not any(p.requires_grad for p in model.parameters()):
         raise NothingToTrain(f"model.freeze_*: with these flags nothing of {spec.name}'s trainable parameters "
                              f"({', '.join(spec.parts)}) would train; set one of model.freeze_"
                              f"{', model.freeze_'.join(spec.parts)} to false.")

@@ -58,3 +58,8 @@ def test_missing_sam2_package_is_one_line(monkeypatch):
 def test_an_object_score_loss_nested_in_another_is_refused_at_load_for_sam(loss):
     with pytest.raises(ConfigError, match="loss: object_score trains SAM 2's object-score head, which vit_tiny has"):
         load(REPO / "configs" / "demo.yaml", [f"loss={loss}"])
+
+
+def test_freezing_every_part_is_refused_at_load():  # SAM 2's no_mem_embed, outside the parts, does not count
+    with pytest.raises(ConfigError, match="nothing of sam2_1_hiera_s would train"):
+        recipe("model.freeze_image_encoder=true", "model.freeze_prompt_encoder=true", "model.freeze_mask_decoder=true")
